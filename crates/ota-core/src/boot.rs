@@ -1,0 +1,1 @@
+//! Module `boot` (being written).

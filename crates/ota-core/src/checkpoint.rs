@@ -1,0 +1,1 @@
+//! Module `checkpoint` (being written).

@@ -1,0 +1,1 @@
+//! Module `checksum` (being written).

@@ -1,0 +1,1 @@
+//! Module `frame` (being written).

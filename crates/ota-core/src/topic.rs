@@ -1,0 +1,1 @@
+//! Module `topic` (being written).

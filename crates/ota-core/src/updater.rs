@@ -1,0 +1,1 @@
+//! Module `updater` (being written).

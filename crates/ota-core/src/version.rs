@@ -1,0 +1,1 @@
+//! Module `version` (being written).

@@ -1,0 +1,3 @@
+//! Signed and encrypted OTA packages.
+#![no_std]
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Deterministic test kit for OTA devices.
+#![forbid(unsafe_code)]
