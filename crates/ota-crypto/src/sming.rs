@@ -1,0 +1,1 @@
+//! Sming advanced `.ota` format (being written).
