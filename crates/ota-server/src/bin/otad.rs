@@ -1,0 +1,2 @@
+//! `otad`: the OTA server daemon.
+fn main() {}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh Debian machine, idempotently:
+# Python reference implementations (mmh3, PyNaCl), the S3-compatible test server (moto) and
+# the PostgreSQL server binaries. Quick when everything is already present.
+set -euo pipefail
+
+PY_PKGS=("mmh3==5.2.0" "pynacl==1.6.2" "moto[server]==5.2.5")
+
+need_pip=()
+python3 -c 'import mmh3' 2>/dev/null || need_pip+=("${PY_PKGS[0]}")
+python3 -c 'import nacl.bindings' 2>/dev/null || need_pip+=("${PY_PKGS[1]}")
+command -v moto_server >/dev/null 2>&1 || need_pip+=("${PY_PKGS[2]}")
+if [ ${#need_pip[@]} -gt 0 ]; then
+    echo "setup: pip install ${need_pip[*]}"
+    python3 -m pip install --quiet "${need_pip[@]}"
+fi
+
+apt_pkgs=()
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt_pkgs+=(postgresql)
+fi
+command -v mosquitto >/dev/null 2>&1 || apt_pkgs+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || apt_pkgs+=(mosquitto-clients)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${apt_pkgs[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+echo "setup: test dependencies present"
