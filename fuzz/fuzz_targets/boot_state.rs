@@ -1,5 +1,4 @@
 #![no_main]
-// Entry point filled in with its parser.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data;
-});
+//! Boot-state area contents + a script of state changes with power cuts; see
+//! `ota_core::boot::fuzz_check` for the input layout and the invariants checked.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ota_core::boot::fuzz_check(data));

@@ -40,3 +40,16 @@ pub trait PackageReader {
     /// Total plaintext bytes that will be written to the slot, once known.
     fn plaintext_len(&self) -> Option<u64>;
 }
+
+/// A reader that can resume after a power cut: besides streaming, it can re-absorb plaintext that an
+/// earlier run already verified and wrote, and start over.
+pub trait ResumableReader: PackageReader {
+    /// Re-absorbs `plaintext` read back from the slot (in order, from offset 0) so the final
+    /// check covers it. Once the checkpoint's `written` bytes are absorbed, the reader must be
+    /// in the state it had after the checkpoint's `package_offset` package bytes; a reader that
+    /// cannot guarantee that returns `Err`, and the machine restarts the download from 0.
+    fn absorb_written(&mut self, plaintext: &[u8]) -> Result<(), UpdateError>;
+
+    /// Forgets everything fed or absorbed so far.
+    fn restart(&mut self);
+}

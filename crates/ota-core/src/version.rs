@@ -141,7 +141,13 @@ pub struct Version<'a> {
 impl<'a> Version<'a> {
     /// A release version without pre-release or build metadata.
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        Self { major, minor, patch, pre: None, build: None }
+        Self {
+            major,
+            minor,
+            patch,
+            pre: None,
+            build: None,
+        }
     }
 
     /// Parses a semver 2.0 version (`MAJOR.MINOR.PATCH[-PRE][+BUILD]`), strictly: no `v`
@@ -151,7 +157,10 @@ impl<'a> Version<'a> {
             return Err(VersionError::Empty);
         }
         let (core_and_pre, build) = match s.find('+') {
-            Some(i) => (s.get(..i).unwrap_or(""), Some((i + 1, s.get(i + 1..).unwrap_or("")))),
+            Some(i) => (
+                s.get(..i).unwrap_or(""),
+                Some((i + 1, s.get(i + 1..).unwrap_or(""))),
+            ),
             None => (s, None),
         };
         let (core, pre) = match core_and_pre.find('-') {
@@ -164,7 +173,10 @@ impl<'a> Version<'a> {
         let mut offset = 0;
         let mut numbers = [0u32; 3];
         let mut fields = core.split('.');
-        for (part, slot) in [Part::Major, Part::Minor, Part::Patch].into_iter().zip(&mut numbers) {
+        for (part, slot) in [Part::Major, Part::Minor, Part::Patch]
+            .into_iter()
+            .zip(&mut numbers)
+        {
             let Some(text) = fields.next() else {
                 return Err(VersionError::Missing { part });
             };
@@ -174,7 +186,11 @@ impl<'a> Version<'a> {
         if fields.next().is_some() {
             // "1.2.3.4": the fourth dot is where a pre-release or build should start.
             let at = offset - 1;
-            return Err(VersionError::NotNumeric { part: Part::Patch, found: '.', offset: at });
+            return Err(VersionError::NotNumeric {
+                part: Part::Patch,
+                found: '.',
+                offset: at,
+            });
         }
         if let Some((at, text)) = pre {
             check_identifiers(text, Part::Pre, at)?;
@@ -183,13 +199,20 @@ impl<'a> Version<'a> {
             check_identifiers(text, Part::Build, at)?;
         }
         let [major, minor, patch] = numbers;
-        Ok(Self { major, minor, patch, pre: pre.map(|(_, t)| t), build: build.map(|(_, t)| t) })
+        Ok(Self {
+            major,
+            minor,
+            patch,
+            pre: pre.map(|(_, t)| t),
+            build: build.map(|(_, t)| t),
+        })
     }
 
     /// Parses from bytes (e.g. an MQTT payload), rejecting non-UTF-8 input.
     pub fn parse_bytes(b: &'a [u8]) -> Result<Self, VersionError> {
-        let s = core::str::from_utf8(b)
-            .map_err(|e| VersionError::NotUtf8 { offset: e.valid_up_to() })?;
+        let s = core::str::from_utf8(b).map_err(|e| VersionError::NotUtf8 {
+            offset: e.valid_up_to(),
+        })?;
         Self::parse(s)
     }
 
@@ -245,7 +268,8 @@ impl PartialOrd for Version<'_> {
 
 impl Ord for Version<'_> {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.cmp_precedence(other).then_with(|| self.build.cmp(&other.build))
+        self.cmp_precedence(other)
+            .then_with(|| self.build.cmp(&other.build))
     }
 }
 
@@ -262,7 +286,11 @@ fn parse_number(text: &str, part: Part, offset: usize) -> Result<u32, VersionErr
     let mut value: u32 = 0;
     for (i, c) in text.char_indices() {
         let Some(d) = c.to_digit(10) else {
-            return Err(VersionError::NotNumeric { part, found: c, offset: offset + i });
+            return Err(VersionError::NotNumeric {
+                part,
+                found: c,
+                offset: offset + i,
+            });
         };
         value = value
             .checked_mul(10)
@@ -283,7 +311,11 @@ fn check_identifiers(text: &str, part: Part, offset: usize) -> Result<(), Versio
         }
         for (i, c) in ident.char_indices() {
             if !(c.is_ascii_alphanumeric() || c == '-') {
-                return Err(VersionError::InvalidCharacter { part, found: c, offset: at + i });
+                return Err(VersionError::InvalidCharacter {
+                    part,
+                    found: c,
+                    offset: at + i,
+                });
             }
         }
         let numeric = ident.bytes().all(|b| b.is_ascii_digit());
@@ -403,7 +435,10 @@ pub struct SemverOverflow {
 impl From<Version<'_>> for semver::Version {
     fn from(v: Version<'_>) -> Self {
         // Our grammar is a subset of semver's, so these cannot fail; empty is the safe fallback.
-        let pre = v.pre.and_then(|p| semver::Prerelease::new(p).ok()).unwrap_or(semver::Prerelease::EMPTY);
+        let pre = v
+            .pre
+            .and_then(|p| semver::Prerelease::new(p).ok())
+            .unwrap_or(semver::Prerelease::EMPTY);
         let build = v
             .build
             .and_then(|b| semver::BuildMetadata::new(b).ok())
@@ -423,7 +458,8 @@ impl<'a> TryFrom<&'a semver::Version> for Version<'a> {
     type Error = SemverOverflow;
 
     fn try_from(v: &'a semver::Version) -> Result<Self, Self::Error> {
-        let num = |part, value: u64| u32::try_from(value).map_err(|_| SemverOverflow { part, value });
+        let num =
+            |part, value: u64| u32::try_from(value).map_err(|_| SemverOverflow { part, value });
         Ok(Self {
             major: num(Part::Major, v.major)?,
             minor: num(Part::Minor, v.minor)?,
@@ -439,8 +475,10 @@ impl<'a> TryFrom<&'a semver::Version> for Version<'a> {
 /// and the corpus-replay test.
 #[doc(hidden)]
 pub fn fuzz_check(data: &[u8]) {
-    let Ok(v) = Version::parse_bytes(data) else { return };
-    let mut buf = crate::topic::FmtBuf::<512>::new();
+    let Ok(v) = Version::parse_bytes(data) else {
+        return;
+    };
+    let mut buf = heapless::String::<512>::new();
     if v.write_to(&mut buf).is_err() {
         // Longer than the scratch buffer: nothing to compare.
         return;

@@ -177,7 +177,8 @@ impl ChunkServer {
                 && self.rng.random_bool(self.faults.reorder.clamp(0.0, 1.0))
             {
                 self.stats.reordered += 1;
-                at_ms = at_ms.saturating_add(self.rng.random_range(1..=self.faults.reorder_delay_ms));
+                at_ms =
+                    at_ms.saturating_add(self.rng.random_range(1..=self.faults.reorder_delay_ms));
             }
             let seq = self.next_seq;
             self.next_seq += 1;
@@ -219,7 +220,7 @@ mod tests {
     use super::{ChunkServer, Faults};
 
     fn image(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i % 251) as u8).collect()
+        (0..n).map(|i| u8::try_from(i % 251).unwrap()).collect()
     }
 
     #[test]

@@ -1,1 +1,0 @@
-//! Module `frame` (being written).

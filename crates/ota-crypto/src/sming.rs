@@ -1,1 +1,0 @@
-//! Sming advanced `.ota` format (being written).
