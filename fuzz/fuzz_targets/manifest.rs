@@ -1,5 +1,2 @@
 #![no_main]
-// Entry point filled in with its parser.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = data;
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ota_crypto::fuzz::fuzz_manifest(data));

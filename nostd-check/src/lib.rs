@@ -148,3 +148,43 @@ pub extern "C" fn ota_check_boot(patch: u64) -> u32 {
     let _ = boot.confirm();
     boot.sequence()
 }
+
+/// Runs the signed-package reader (key-set root signature, manifest ed25519 signature,
+/// policy, ChaCha20-Poly1305 per chunk, SHA-256) over opaque bytes, as a device would.
+/// Returns the plaintext length, or 0 on any error.
+#[allow(unsafe_code)]
+#[unsafe(no_mangle)]
+pub extern "C" fn ota_check_signed_package(seed: u8) -> u64 {
+    use ota_crypto::{keys, manifest, reader};
+    let root = core::hint::black_box([seed; 32]);
+    let key_set = core::hint::black_box([seed; 256]);
+    let package = core::hint::black_box([seed; 1024]);
+    let Ok(root) = keys::RootKey::from_bytes(&root) else {
+        return 0;
+    };
+    let Ok(keys) = keys::KeySet::verify(&key_set, &root, 0) else {
+        return 0;
+    };
+    let payload_key = keys::PayloadKey::from_bytes([seed; 32]);
+    let policy = reader::DevicePolicy {
+        now: 1_800_000_000,
+        target: "board-rev-b",
+        kind: manifest::Kind::Firmware,
+        highest_accepted: manifest::SemVer::new(1, 0, 0),
+    };
+    let mut chunk_buf = [0u8; 4096 + manifest::TAG_LEN];
+    let mut r = reader::SignedPackageReader::new(&keys, Some(&payload_key), policy, &mut chunk_buf);
+    let mut out = [0u8; 256];
+    let mut input: &[u8] = &package;
+    let mut total = 0u64;
+    while !input.is_empty() {
+        match r.feed(input, &mut out) {
+            Ok(fed) if fed.consumed > 0 || fed.produced > 0 => {
+                total += fed.produced as u64;
+                input = input.get(fed.consumed..).unwrap_or_default();
+            }
+            _ => return 0,
+        }
+    }
+    if r.finish().is_ok() { total } else { 0 }
+}
