@@ -6,6 +6,7 @@
 use crate::keys::{KeyEntry, KeySet, MAX_KEY_SET_LEN, PayloadKey, SIGNATURE_LEN, SigningSecret};
 use crate::manifest::{MANIFEST_LEN, Manifest, SemVer, TAG_LEN};
 use crate::reader::{DevicePolicy, SignedPackageReader};
+use crate::sming::{Slot, SmingConfig, SmingKey, SmingReader, Timestamp, Verifier};
 
 const ROOT_SEED: [u8; 32] = [0x11; 32];
 const SIGNER_SEED: [u8; 32] = [0x22; 32];
@@ -36,6 +37,66 @@ pub fn fuzz_keyset(data: &[u8]) {
             "key set encoding is not canonical"
         );
         let _ = set.signing_key(set.keys().first().map(|k| k.id).unwrap_or_default(), 0);
+    }
+}
+
+/// Sming advanced `.ota` reader on arbitrary bytes.
+///
+/// `data[0]` is the feed split, `data[1..]` the file. A signed, an MD5 and an encrypted device
+/// configuration must never panic, always make progress, and never accept a file they have
+/// not seen whole.
+pub fn fuzz_sming_ota(data: &[u8]) {
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let split = usize::from(split);
+    let key = SmingKey::from_bytes(&core::array::from_fn(|i| {
+        u8::try_from(i).unwrap_or_default()
+    }));
+    let signed = SmingConfig {
+        verifier: Verifier::Ed25519ph(key.verifying_key()),
+        decrypt_key: None,
+        slot: Slot {
+            address: 0x2000,
+            size: 0x10_0000,
+        },
+        minimum_timestamp: Some(Timestamp(1)),
+    };
+    run_sming(&signed, data, split);
+    let md5 = SmingConfig {
+        verifier: Verifier::Md5,
+        ..signed
+    };
+    run_sming(&md5, data, split);
+    let encrypted = SmingConfig {
+        decrypt_key: Some(*key.stream_key()),
+        ..signed
+    };
+    run_sming(&encrypted, data, split);
+}
+
+fn run_sming(config: &SmingConfig, data: &[u8], split: usize) {
+    let mut reader: SmingReader<512> = SmingReader::new(config);
+    let mut out = [0u8; 37];
+    for piece in data.chunks(split.max(1)) {
+        let mut rest = piece;
+        while !rest.is_empty() {
+            match reader.write(rest, &mut out) {
+                Ok(fed) => {
+                    assert!(
+                        fed.consumed > 0 || fed.produced > 0,
+                        "reader made no progress"
+                    );
+                    rest = rest.get(fed.consumed..).unwrap_or_default();
+                }
+                Err(_) => return,
+            }
+        }
+    }
+    if let Ok(summary) = reader.verify_end() {
+        // Only a complete, verified file is accepted (random bytes pass MD5 only by chance).
+        assert_eq!(reader.input_offset(), data.len() as u64);
+        assert!(summary.plain_len >= 16);
     }
 }
 

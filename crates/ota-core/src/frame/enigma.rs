@@ -19,6 +19,8 @@
 
 use core::fmt;
 
+use base64::engine::{Engine as _, general_purpose::STANDARD};
+use base64::{DecodeError, DecodeSliceError};
 use serde::Deserialize;
 
 use super::thingsboard::JsonError;
@@ -133,10 +135,11 @@ pub enum EnigmaError {
         /// Offset within the base64 field.
         offset: usize,
     },
-    /// Chunk data decodes to more than 212 bytes.
+    /// Chunk data decodes to more than 212 bytes (checked by size first: base64 text longer
+    /// than any chunk's is reported here even if it is not valid base64).
     #[error("chunk of {len} bytes exceeds {max}", max = CHUNK_SIZE)]
     ChunkTooLarge {
-        /// Decoded (or given) length.
+        /// Decoded (or given) length; for over-long text, the length it would decode to.
         len: usize,
     },
     /// Chunk lines are numbered from 1 (index 0 is the header).
@@ -237,8 +240,17 @@ impl<'a> EnigmaChunk<'a> {
 
     /// Decodes the data into `out` and returns the filled prefix.
     pub fn decode_into<'o>(&self, out: &'o mut [u8]) -> Result<&'o [u8], EnigmaError> {
-        let n = base64_decode(self.base64.as_bytes(), out)?;
-        Ok(out.get(..n).unwrap_or(&[]))
+        let text = self.base64.as_bytes();
+        let needed = decoded_len(text);
+        let available = out.len();
+        let dst = out
+            .get_mut(..needed)
+            .ok_or(EnigmaError::BufferTooSmall { needed, available })?;
+        let n = STANDARD
+            .decode_slice(text, &mut *dst)
+            .map_err(|e| base64_error(&e, text))?;
+        let dst: &'o [u8] = dst;
+        Ok(dst.get(..n).unwrap_or(&[]))
     }
 
     /// Writes `<index>,<base64(data)>` for 1..=212 bytes of data; returns the length.
@@ -262,8 +274,10 @@ impl<'a> EnigmaChunk<'a> {
             .buf
             .get_mut(at..needed)
             .ok_or(EnigmaError::BufferTooSmall { needed, available })?;
-        base64_encode(data, dst);
-        Ok(needed)
+        let written = STANDARD
+            .encode_slice(data, dst)
+            .map_err(|_| EnigmaError::BufferTooSmall { needed, available })?;
+        Ok(at + written)
     }
 }
 
@@ -417,21 +431,15 @@ impl<'b> Out<'b> {
     }
 }
 
-// Standard base64 (RFC 4648 §4) with padding, canonical only: each chunk line is encoded on
-// its own, so a decoder never sees concatenated groups.
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+// Standard base64 (RFC 4648 §4) with padding, canonical only: the `base64` crate's `STANDARD`
+// engine requires padding and rejects non-zero trailing bits. Each chunk line is encoded on its
+// own, so a decoder never sees concatenated groups.
 
-fn b64_value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
+/// Scratch space for validating a line: the most that `CHUNK_B64_LEN` characters decode to
+/// (one byte more than a chunk, so an oversized chunk is still told apart from bad base64).
+const SCRATCH_LEN: usize = CHUNK_B64_LEN / 4 * 3;
 
+/// Decoded length of canonical padded base64 text.
 fn decoded_len(text: &[u8]) -> usize {
     let pad = text.iter().rev().take(2).filter(|&&c| c == b'=').count();
     (text.len() / 4 * 3).saturating_sub(pad)
@@ -439,84 +447,42 @@ fn decoded_len(text: &[u8]) -> usize {
 
 /// Validates canonical padded base64; returns the decoded length.
 fn base64_check(text: &[u8]) -> Result<usize, EnigmaError> {
-    if !text.len().is_multiple_of(4) {
+    // Checked here rather than left to the crate: it reports a partial last group as
+    // `InvalidPadding` without an offset, and we name where the incomplete group starts.
+    let partial = text.len() % 4;
+    if partial != 0 {
         return Err(EnigmaError::Base64 {
-            offset: text.len() - text.len() % 4,
+            offset: text.len() - partial,
         });
     }
-    let groups = text.len() / 4;
-    for (g, quad) in text.chunks_exact(4).enumerate() {
-        let last = g + 1 == groups;
-        let mut vals = [0u8; 4];
-        let mut pad = 0;
-        for (j, (&c, v)) in quad.iter().zip(&mut vals).enumerate() {
-            let offset = 4 * g + j;
-            if c == b'=' && last && j >= 2 {
-                pad += 1;
-            } else if pad > 0 {
-                // Data after padding.
-                return Err(EnigmaError::Base64 { offset });
-            } else {
-                *v = b64_value(c).ok_or(EnigmaError::Base64 { offset })?;
-            }
-        }
-        // Canonical: the bits dropped by padding must be zero.
-        let [_, b, c, _] = vals;
-        let bad = match pad {
-            1 => c & 0x03 != 0,
-            2 => b & 0x0f != 0,
-            _ => false,
-        };
-        if bad {
-            return Err(EnigmaError::Base64 {
-                offset: 4 * g + 3 - pad,
-            });
-        }
+    // No chunk is longer than `CHUNK_B64_LEN` characters: longer text is refused by its size
+    // before any decoding, which also bounds the scratch buffer on a heap-free device.
+    if text.len() > CHUNK_B64_LEN {
+        return Err(EnigmaError::ChunkTooLarge {
+            len: decoded_len(text),
+        });
     }
-    Ok(decoded_len(text))
+    let mut scratch = [0u8; SCRATCH_LEN];
+    STANDARD
+        .decode_slice(text, &mut scratch)
+        .map_err(|e| base64_error(&e, text))
 }
 
-fn base64_decode(text: &[u8], out: &mut [u8]) -> Result<usize, EnigmaError> {
-    let len = base64_check(text)?;
-    let available = out.len();
-    let dst = out.get_mut(..len).ok_or(EnigmaError::BufferTooSmall {
-        needed: len,
-        available,
-    })?;
-    let mut bytes = dst.iter_mut();
-    for quad in text.chunks_exact(4) {
-        let v = |i: usize| {
-            quad.get(i)
-                .copied()
-                .and_then(b64_value)
-                .map_or(0, u32::from)
-        };
-        let n = (v(0) << 18) | (v(1) << 12) | (v(2) << 6) | v(3);
-        for shift in [16, 8, 0] {
-            if let Some(slot) = bytes.next() {
-                *slot = ((n >> shift) & 0xff) as u8;
-            }
-        }
-    }
-    Ok(len)
-}
-
-/// Encodes `data` into `out`, which must be exactly `4·⌈len/3⌉` bytes.
-fn base64_encode(data: &[u8], out: &mut [u8]) {
-    for (src, dst) in data.chunks(3).zip(out.chunks_exact_mut(4)) {
-        let b = |i: usize| src.get(i).copied().map_or(0, u32::from);
-        let n = (b(0) << 16) | (b(1) << 8) | b(2);
-        let chars = src.len() + 1;
-        for (j, slot) in dst.iter_mut().enumerate() {
-            *slot = if j < chars {
-                ALPHABET
-                    .get(((n >> (18 - 6 * j)) & 0x3f) as usize)
-                    .copied()
-                    .unwrap_or(b'=')
-            } else {
-                b'='
-            };
-        }
+/// Our error for the crate's; every offset it reports lies within `text`.
+fn base64_error(e: &DecodeSliceError, text: &[u8]) -> EnigmaError {
+    match *e {
+        DecodeSliceError::DecodeError(
+            DecodeError::InvalidByte(offset, _)
+            | DecodeError::InvalidLastSymbol(offset, _)
+            | DecodeError::InvalidLength(offset),
+        ) => EnigmaError::Base64 { offset },
+        // Not reachable once `base64_check` has seen whole groups: blame the last group.
+        DecodeSliceError::DecodeError(DecodeError::InvalidPadding) => EnigmaError::Base64 {
+            offset: text.len().saturating_sub(4),
+        },
+        DecodeSliceError::OutputSliceTooSmall => EnigmaError::ChunkTooLarge {
+            len: decoded_len(text),
+        },
     }
 }
 
@@ -679,5 +645,46 @@ pub fn fuzz_check(data: &[u8]) {
     if let Ok(r) = EnigmaResult::parse(data) {
         let n = r.emit(&mut line).unwrap_or(0);
         assert_eq!(EnigmaResult::parse(line.get(..n).unwrap_or(&[])), Ok(r));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CHUNK_B64_LEN, EnigmaError, EnigmaLine};
+
+    #[test]
+    fn data_after_padding_is_blamed_on_the_first_pad() {
+        assert_eq!(
+            EnigmaLine::parse(b"1,AA=A"),
+            Err(EnigmaError::Base64 { offset: 2 })
+        );
+        assert_eq!(
+            EnigmaLine::parse(b"1,AAAAAA=\xff"),
+            Err(EnigmaError::Base64 { offset: 6 })
+        );
+    }
+
+    #[test]
+    fn padding_outside_the_last_group_is_rejected() {
+        assert_eq!(
+            EnigmaLine::parse(b"1,AA==AAAA"),
+            Err(EnigmaError::Base64 { offset: 2 })
+        );
+        assert_eq!(
+            EnigmaLine::parse(b"1,A==="),
+            Err(EnigmaError::Base64 { offset: 1 })
+        );
+    }
+
+    #[test]
+    fn over_long_text_is_too_large_before_it_is_decoded() {
+        // 288 characters, the last group not even base64: refused by size (216 bytes).
+        let mut line = b"1,".to_vec();
+        line.extend(core::iter::repeat_n(b'A', CHUNK_B64_LEN));
+        line.extend(b"!!!!");
+        assert_eq!(
+            EnigmaLine::parse(&line),
+            Err(EnigmaError::ChunkTooLarge { len: 216 })
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::vec;
 use std::vec::Vec;
 
 use ed25519_dalek::{Digest, Sha512, SigningKey};
+use md5::Md5;
 
-use super::md5::Md5;
 use super::plain::Check;
 use super::reader::SmingReader;
 use super::stream::Pusher;

@@ -25,7 +25,6 @@ mod error;
 #[cfg(feature = "std")]
 pub mod file;
 mod key;
-pub(crate) mod md5;
 mod plain;
 mod reader;
 mod stream;

@@ -1,9 +1,9 @@
 //! The plain-layout state machine: header, ROM records, trailer; hashes as it goes.
 
 use ed25519_dalek::{Digest, Sha512, Signature};
+use md5::Md5;
 use ota_core::reader::Feed;
 
-use super::md5::Md5;
 use super::{
     FILE_HEADER_LEN, FileHeader, Integrity, ROM_HEADER_LEN, RomHeader, Slot, SmingError, Stage,
     Timestamp, Verifier,
@@ -186,7 +186,7 @@ impl PlainParser {
                 if integrity == Integrity::Md5 {
                     // Inspection starts with SHA-512 state; nothing hashed beyond the header.
                     let mut md5 = Md5::new();
-                    md5.update(&bytes);
+                    md5.update(bytes);
                     self.hash = Hash::Md5(md5);
                 }
                 integrity
