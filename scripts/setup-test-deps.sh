@@ -4,7 +4,7 @@
 # the PostgreSQL server binaries. Quick when everything is already present.
 set -euo pipefail
 
-PY_PKGS=("mmh3==5.2.0" "pynacl==1.6.2" "moto[server]==5.2.5")
+PY_PKGS=("mmh3==5.3.1" "pynacl==1.6.2" "moto[server]==5.2.5")
 
 need_pip=()
 python3 -c 'import mmh3' 2>/dev/null || need_pip+=("${PY_PKGS[0]}")
