@@ -16,11 +16,14 @@ if [ ${#need_pip[@]} -gt 0 ]; then
 fi
 
 apt_pkgs=()
-if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+# The tests run the server binaries from /usr/lib/postgresql/*/bin (Debian's layout).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     apt_pkgs+=(postgresql)
 fi
 command -v mosquitto >/dev/null 2>&1 || apt_pkgs+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || apt_pkgs+=(mosquitto-clients)
+command -v coap-client-notls >/dev/null 2>&1 || apt_pkgs+=(libcoap3-bin)
+command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
     echo "setup: apt-get install ${apt_pkgs[*]}"
     SUDO=""

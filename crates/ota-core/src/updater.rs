@@ -99,24 +99,9 @@ impl Instant {
     }
 }
 
-/// Firmware or software (ThingsBoard's `fw_` / `sw_` key families).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// Firmware (`fw_*` attributes, `v2/fw/...` topics).
-    Firmware,
-    /// Software (`sw_*` attributes, `v2/sw/...` topics).
-    Software,
-}
-
-impl Kind {
-    /// ThingsBoard's key prefix: `"fw"` or `"sw"`.
-    pub const fn prefix(self) -> &'static str {
-        match self {
-            Self::Firmware => "fw",
-            Self::Software => "sw",
-        }
-    }
-}
+/// Firmware or software (ThingsBoard's `fw_` / `sw_` key families); the same type the
+/// framing and topic modules use.
+pub use crate::frame::Kind;
 
 /// The tunables of the machine. Build with [`Config::new`] and adjust fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
