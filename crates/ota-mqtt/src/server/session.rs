@@ -1,0 +1,808 @@
+//! One device connection: CONNECT and authentication, then the packet loop.
+//!
+//! A reader task pulls packets from the endpoint into a small bounded channel, so the loop
+//! can wait on packets and on assignment events at once without cancelling a receive.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mqtt_endpoint_tokio::mqtt_ep::{
+    self, ConnectionError, ConnectionOption, ConnectionOptions, Mode, Version,
+    packet::{Packet, Property, Qos, v3_1_1, v5_0},
+    result_code::{
+        ConnectReasonCode, ConnectReturnCode, DisconnectReasonCode, PubackReasonCode,
+        SubackReasonCode, SubackReturnCode, UnsubackReasonCode,
+    },
+    role,
+};
+use ota_core::frame::thingsboard::AttributesRequest;
+use ota_core::topic::{Field, Kind, RequestId, Topic, TopicError};
+use ota_server::model::{Device, OtaPackage, PackageType};
+use ota_server::rules::AttributePush;
+use ota_server::service::{DeviceApi, ServiceError};
+use serde_json::{Map, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+
+use super::MqttConfig;
+use crate::chunk::{RequestTable, parse_size};
+use crate::filter::Filter;
+
+type Ep = mqtt_ep::Endpoint<role::Server>;
+
+/// Where shared-attribute pushes go.
+const ATTRIBUTES: &str = "v1/devices/me/attributes";
+
+/// Why a session ends early (the peer's close is just `Ok`).
+#[derive(Debug)]
+enum End {
+    /// Close the connection; MQTT 5 sessions get a DISCONNECT with this reason first.
+    Close(DisconnectReasonCode),
+    /// The connection is already gone (or broken): nothing more to send.
+    Gone,
+}
+
+impl From<ConnectionError> for End {
+    fn from(_: ConnectionError) -> Self {
+        Self::Gone
+    }
+}
+
+/// ThingsBoard's OTA error texts, published on `v2/fw/error` before a disconnect.
+#[derive(Clone, Copy, Debug)]
+enum OtaError {
+    NotFound,
+    Failure,
+    Unknown,
+    PayloadTooLarge,
+}
+
+impl OtaError {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "NOT_FOUND",
+            Self::Failure => "FAILURE",
+            Self::Unknown => "UNKNOWN",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+        }
+    }
+}
+
+const fn package_type(kind: Kind) -> PackageType {
+    match kind {
+        Kind::Firmware => PackageType::Firmware,
+        Kind::Software => PackageType::Software,
+    }
+}
+
+/// Runs one connection to its end.
+pub(super) async fn run(
+    sock: TcpStream,
+    peer: SocketAddr,
+    api: Arc<dyn DeviceApi>,
+    config: Arc<MqttConfig>,
+) {
+    let options = ConnectionOptions::new()
+        .maximum_packet_size_recv(config.max_packet_size)
+        .receive_maximum(config.max_inflight);
+    let ep = Arc::new(Ep::with_options(Version::Undetermined, options));
+    let Ok(option) = ConnectionOption::builder()
+        .auto_pub_response(false)
+        .auto_ping_response(true)
+        .build()
+    else {
+        return;
+    };
+    let transport = mqtt_ep::transport::TcpTransport::from_stream(sock);
+    if let Err(e) = ep
+        .attach_with_options(transport, Mode::Server, option)
+        .await
+    {
+        tracing::debug!(%peer, error = ?e, "MQTT attach failed");
+        return;
+    }
+    let (tx, rx) = mpsc::channel(4);
+    let reader = tokio::spawn({
+        let ep = ep.clone();
+        async move {
+            loop {
+                let r = ep.recv().await;
+                let failed = r.is_err();
+                if tx.send(r).await.is_err() || failed {
+                    break;
+                }
+            }
+        }
+    });
+    let end = match connect(&ep, rx, peer, api, config).await {
+        Err(End::Close(reason)) => Some(reason),
+        Ok(()) | Err(End::Gone) => None,
+    };
+    reader.abort();
+    if let Some(reason) = end
+        && matches!(ep.get_protocol_version().await, Ok(Version::V5_0))
+        && let Ok(d) = v5_0::Disconnect::builder().reason_code(reason).build()
+    {
+        let _ = ep.send(d).await;
+    }
+    let _ = ep.close().await;
+}
+
+type Inbox = mpsc::Receiver<Result<Packet, ConnectionError>>;
+
+/// Waits for CONNECT, authenticates, answers CONNACK and runs the session.
+async fn connect(
+    ep: &Arc<Ep>,
+    mut inbox: Inbox,
+    peer: SocketAddr,
+    api: Arc<dyn DeviceApi>,
+    config: Arc<MqttConfig>,
+) -> Result<(), End> {
+    let first = tokio::time::timeout(config.connect_timeout, inbox.recv())
+        .await
+        .map_err(|_| End::Gone)?;
+    let (v5, user) = match first {
+        Some(Ok(Packet::V3_1_1Connect(c))) => (false, c.user_name().map(str::to_owned)),
+        Some(Ok(Packet::V5_0Connect(c))) => (true, c.user_name().map(str::to_owned)),
+        _ => return Err(End::Gone),
+    };
+    let token = user.filter(|u| !u.is_empty());
+    let outcome = match &token {
+        // ThingsBoard falls back to MQTT-basic credentials keyed by client id, which this
+        // server does not have: the same refusal it gives when those are missing.
+        None => Err((
+            ConnectReasonCode::ClientIdentifierNotValid,
+            ConnectReturnCode::IdentifierRejected,
+        )),
+        Some(t) => match api.authenticate(t).await {
+            Ok(Some(device)) => Ok(device),
+            Ok(None) => Err((
+                ConnectReasonCode::BadUserNameOrPassword,
+                ConnectReturnCode::NotAuthorized,
+            )),
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "MQTT authentication failed");
+                Err((
+                    ConnectReasonCode::ServerUnavailable,
+                    ConnectReturnCode::ServerUnavailable,
+                ))
+            }
+        },
+    };
+    let (reason, code) = match &outcome {
+        Ok(_) => (ConnectReasonCode::Success, ConnectReturnCode::Accepted),
+        Err(codes) => *codes,
+    };
+    if v5 {
+        let mut b = v5_0::Connack::builder()
+            .session_present(false)
+            .reason_code(reason);
+        if outcome.is_ok()
+            && let Ok(q) = mqtt_ep::packet::MaximumQos::new(1)
+        {
+            b = b.props(vec![Property::MaximumQos(q)]);
+        }
+        ep.send(b.build().map_err(|_| End::Gone)?).await?;
+    } else {
+        let c = v3_1_1::Connack::builder()
+            .session_present(false)
+            .return_code(code)
+            .build()
+            .map_err(|_| End::Gone)?;
+        ep.send(c).await?;
+    }
+    let Ok(device) = outcome else {
+        tracing::debug!(%peer, "MQTT connection refused: bad token");
+        return Err(End::Gone);
+    };
+    let Some(token) = token else {
+        return Err(End::Gone);
+    };
+    tracing::debug!(%peer, device = %device.id, v5, "MQTT device connected");
+    let events = api.subscribe(device.id);
+    let mut s = Session {
+        ep: ep.clone(),
+        api,
+        requests: RequestTable::new(config.max_request_ids),
+        config,
+        token,
+        device,
+        v5,
+        subs: Vec::new(),
+        inflight: 0,
+    };
+    s.run(inbox, events).await
+}
+
+struct Session {
+    ep: Arc<Ep>,
+    api: Arc<dyn DeviceApi>,
+    config: Arc<MqttConfig>,
+    token: String,
+    device: Device,
+    v5: bool,
+    /// Subscriptions in registration order, with the granted QoS (at most
+    /// `max_subscriptions`).
+    subs: Vec<(Filter, Qos)>,
+    requests: RequestTable,
+    /// Our QoS 1 publishes not yet acknowledged.
+    inflight: u16,
+}
+
+/// What a received PUBLISH carries.
+struct Incoming<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
+    qos: Qos,
+    packet_id: Option<u16>,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        mut inbox: Inbox,
+        mut events: broadcast::Receiver<ota_server::events::AssignmentEvent>,
+    ) -> Result<(), End> {
+        loop {
+            tokio::select! {
+                packet = inbox.recv() => match packet {
+                    Some(Ok(p)) => {
+                        if !self.packet(p).await? {
+                            return Ok(());
+                        }
+                    }
+                    // Malformed, oversized or closed: the endpoint has already given up.
+                    Some(Err(_)) | None => return Ok(()),
+                },
+                event = events.recv() => match event {
+                    Ok(e) => self.push(&e.pushes).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.push_current().await?,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        events = self.api.subscribe(self.device.id);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one packet; `Ok(false)` when the device disconnected.
+    async fn packet(&mut self, p: Packet) -> Result<bool, End> {
+        match p {
+            Packet::V3_1_1Publish(p) => {
+                let packet_id = p.packet_id();
+                self.publish_in(Incoming {
+                    topic: p.topic_name(),
+                    payload: p.payload().as_slice(),
+                    qos: p.qos(),
+                    packet_id,
+                })
+                .await?;
+            }
+            Packet::V5_0Publish(p) => {
+                let packet_id = p.packet_id();
+                self.publish_in(Incoming {
+                    topic: p.topic_name(),
+                    payload: p.payload().as_slice(),
+                    qos: p.qos(),
+                    packet_id,
+                })
+                .await?;
+            }
+            Packet::V3_1_1Puback(_) | Packet::V5_0Puback(_) => {
+                self.inflight = self.inflight.saturating_sub(1);
+            }
+            Packet::V3_1_1Subscribe(s) => self.subscribe_v3(&s).await?,
+            Packet::V5_0Subscribe(s) => self.subscribe_v5(&s).await?,
+            Packet::V3_1_1Unsubscribe(u) => {
+                for f in u.entries() {
+                    self.unsubscribe(f.as_str());
+                }
+                let ack = v3_1_1::Unsuback::builder()
+                    .packet_id(u.packet_id())
+                    .build()
+                    .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
+                self.ep.send(ack).await?;
+            }
+            Packet::V5_0Unsubscribe(u) => {
+                let codes = u
+                    .entries()
+                    .iter()
+                    .map(|f| {
+                        if self.unsubscribe(f.as_str()) {
+                            UnsubackReasonCode::Success
+                        } else {
+                            UnsubackReasonCode::NoSubscriptionExisted
+                        }
+                    })
+                    .collect();
+                let ack = v5_0::Unsuback::builder()
+                    .packet_id(u.packet_id())
+                    .reason_codes(codes)
+                    .build()
+                    .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
+                self.ep.send(ack).await?;
+            }
+            Packet::V3_1_1Disconnect(_) | Packet::V5_0Disconnect(_) => return Ok(false),
+            // Keep-alive is answered by the endpoint.
+            Packet::V3_1_1Pingreq(_) | Packet::V5_0Pingreq(_) => {}
+            // A second CONNECT, QoS 2 flows (the CONNACK grants QoS ≤ 1), AUTH, or a packet
+            // only a server sends.
+            _ => return Err(End::Close(DisconnectReasonCode::ProtocolError)),
+        }
+        Ok(true)
+    }
+
+    async fn subscribe_v3(&mut self, s: &v3_1_1::Subscribe) -> Result<(), End> {
+        let requested: Vec<_> = s
+            .entries()
+            .iter()
+            .map(|e| (e.topic_filter().to_owned(), e.sub_opts().qos()))
+            .collect();
+        let granted = self.subscribe(&requested);
+        let codes = granted
+            .iter()
+            .map(|g| match g {
+                Some(Qos::AtMostOnce) => SubackReturnCode::SuccessMaximumQos0,
+                Some(_) => SubackReturnCode::SuccessMaximumQos1,
+                None => SubackReturnCode::Failure,
+            })
+            .collect();
+        let ack = v3_1_1::Suback::builder()
+            .packet_id(s.packet_id())
+            .return_codes(codes)
+            .build()
+            .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
+        self.ep.send(ack).await?;
+        self.after_subscribe(&granted, &requested).await
+    }
+
+    async fn subscribe_v5(&mut self, s: &v5_0::Subscribe) -> Result<(), End> {
+        let requested: Vec<_> = s
+            .entries()
+            .iter()
+            .map(|e| (e.topic_filter().to_owned(), e.sub_opts().qos()))
+            .collect();
+        let granted = self.subscribe(&requested);
+        let codes = granted
+            .iter()
+            .map(|g| match g {
+                Some(Qos::AtMostOnce) => SubackReasonCode::GrantedQos0,
+                Some(_) => SubackReasonCode::GrantedQos1,
+                None => SubackReasonCode::TopicFilterInvalid,
+            })
+            .collect();
+        let ack = v5_0::Suback::builder()
+            .packet_id(s.packet_id())
+            .reason_codes(codes)
+            .build()
+            .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
+        self.ep.send(ack).await?;
+        self.after_subscribe(&granted, &requested).await
+    }
+
+    /// Registers the filters (up to `max_subscriptions` per session); returns the granted
+    /// QoS per requested filter (`None` = refused).
+    fn subscribe(&mut self, requested: &[(String, Qos)]) -> Vec<Option<Qos>> {
+        requested
+            .iter()
+            .map(|(text, qos)| {
+                let filter = Filter::parse(text).ok()?;
+                let granted = if *qos == Qos::AtMostOnce {
+                    Qos::AtMostOnce
+                } else {
+                    Qos::AtLeastOnce
+                };
+                let full = self.subs.len() >= self.config.max_subscriptions;
+                match self.subs.iter_mut().find(|(f, _)| *f == filter) {
+                    Some(entry) => entry.1 = granted,
+                    None if full => return None,
+                    None => self.subs.push((filter, granted)),
+                }
+                Some(granted)
+            })
+            .collect()
+    }
+
+    fn unsubscribe(&mut self, text: &str) -> bool {
+        let before = self.subs.len();
+        self.subs.retain(|(f, _)| f.as_str() != text);
+        self.subs.len() != before
+    }
+
+    async fn after_subscribe(
+        &mut self,
+        granted: &[Option<Qos>],
+        requested: &[(String, Qos)],
+    ) -> Result<(), End> {
+        let attributes = granted.iter().zip(requested).any(|(g, (text, _))| {
+            g.is_some() && Filter::parse(text).is_ok_and(|f| f.matches(ATTRIBUTES))
+        });
+        if attributes && self.config.push_on_subscribe {
+            self.push_current().await?;
+        }
+        Ok(())
+    }
+
+    /// QoS of a server publish: that of the first subscription matching the topic, else 1
+    /// (so chunk responses reach sessions that never subscribed to them).
+    fn qos_for(&self, topic: &str) -> Qos {
+        self.subs
+            .iter()
+            .find(|(f, _)| f.matches(topic))
+            .map_or(Qos::AtLeastOnce, |(_, q)| *q)
+    }
+
+    /// Whether the session asked for attribute pushes.
+    fn wants_pushes(&self) -> bool {
+        self.subs.iter().any(|(f, _)| f.matches(ATTRIBUTES))
+    }
+
+    /// Publishes `payload` on `topic` to this session only.
+    async fn send(&mut self, topic: &Topic<'_>, payload: Vec<u8>) -> Result<(), End> {
+        let name = topic.to_string();
+        let qos = self.qos_for(&name);
+        let packet_id = if qos == Qos::AtMostOnce {
+            None
+        } else {
+            if self.inflight >= self.config.max_inflight {
+                tracing::debug!(device = %self.device.id, "MQTT device does not acknowledge; closing");
+                return Err(End::Close(DisconnectReasonCode::ReceiveMaximumExceeded));
+            }
+            self.inflight += 1;
+            Some(self.ep.acquire_packet_id().await?)
+        };
+        let bad = |_| End::Close(DisconnectReasonCode::ImplementationSpecificError);
+        if self.v5 {
+            let b = v5_0::Publish::builder()
+                .topic_name(name)
+                .map_err(bad)?
+                .qos(qos)
+                .payload(payload);
+            let b = match packet_id {
+                Some(id) => b.packet_id(id),
+                None => b,
+            };
+            self.ep.send(b.build().map_err(bad)?).await?;
+        } else {
+            let b = v3_1_1::Publish::builder()
+                .topic_name(name)
+                .map_err(bad)?
+                .qos(qos)
+                .payload(payload);
+            let b = match packet_id {
+                Some(id) => b.packet_id(id),
+                None => b,
+            };
+            self.ep.send(b.build().map_err(bad)?).await?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a QoS 1 PUBLISH (MQTT 3.1.1 has no reason code).
+    async fn puback(&self, packet_id: Option<u16>, reason: PubackReasonCode) -> Result<(), End> {
+        let Some(id) = packet_id else {
+            return Ok(());
+        };
+        if self.v5 {
+            let mut b = v5_0::Puback::builder().packet_id(id);
+            if reason != PubackReasonCode::Success {
+                b = b.reason_code(reason);
+            }
+            self.ep.send(b.build().map_err(|_| End::Gone)?).await?;
+        } else {
+            let ack = v3_1_1::Puback::builder()
+                .packet_id(id)
+                .build()
+                .map_err(|_| End::Gone)?;
+            self.ep.send(ack).await?;
+        }
+        Ok(())
+    }
+
+    /// A payload ThingsBoard could not parse: MQTT 5 gets PUBACK 0x99, MQTT 3.1.1 is
+    /// disconnected.
+    async fn bad_payload(&self, m: &Incoming<'_>, what: &str) -> Result<(), End> {
+        tracing::debug!(device = %self.device.id, topic = m.topic, "malformed {what}");
+        if self.v5 {
+            self.puback(m.packet_id, PubackReasonCode::PayloadFormatInvalid)
+                .await
+        } else {
+            Err(End::Close(DisconnectReasonCode::PayloadFormatInvalid))
+        }
+    }
+
+    /// Publishes an OTA error (always on `v2/fw/error`, as ThingsBoard does) and closes.
+    async fn ota_error(&mut self, e: OtaError, close: DisconnectReasonCode) -> End {
+        let topic = Topic::OtaError {
+            kind: Kind::Firmware,
+        };
+        match self.send(&topic, e.as_str().as_bytes().to_vec()).await {
+            Ok(()) => End::Close(close),
+            Err(end) => end,
+        }
+    }
+
+    /// The device as stored now (its own package may have changed since CONNECT).
+    async fn fresh_device(&mut self) -> Result<Option<Device>, ServiceError> {
+        let d = self.api.authenticate(&self.token).await?;
+        if let Some(d) = &d {
+            self.device = d.clone();
+        }
+        Ok(d)
+    }
+
+    async fn publish_in(&mut self, m: Incoming<'_>) -> Result<(), End> {
+        if m.qos == Qos::ExactlyOnce {
+            return Err(End::Close(DisconnectReasonCode::QosNotSupported));
+        }
+        match Topic::parse(m.topic) {
+            Ok(Topic::Telemetry) => self.telemetry(&m).await,
+            Ok(Topic::Attributes) => {
+                // Client-side attributes are accepted and not stored.
+                if serde_json::from_slice::<Map<String, Value>>(m.payload).is_err() {
+                    return self.bad_payload(&m, "client attributes").await;
+                }
+                self.puback(m.packet_id, PubackReasonCode::Success).await
+            }
+            Ok(Topic::AttributesRequest { id }) => self.attributes_request(&m, id).await,
+            Ok(Topic::RpcRequest { id }) => self.rpc(&m, id).await,
+            Ok(Topic::ChunkRequest {
+                kind,
+                request_id,
+                chunk,
+            }) => self.chunk(&m, kind, request_id, chunk).await,
+            // ThingsBoard's handler throws on an int32 overflow in a topic number and the
+            // connection closes.
+            Err(TopicError::Overflow {
+                field: Field::Chunk | Field::AttributeRequestId | Field::RpcRequestId,
+                ..
+            }) => Err(End::Close(DisconnectReasonCode::ServerShuttingDown)),
+            _ => {
+                tracing::debug!(device = %self.device.id, topic = m.topic, "publish to an unknown topic");
+                self.puback(m.packet_id, PubackReasonCode::TopicNameInvalid)
+                    .await
+            }
+        }
+    }
+
+    async fn telemetry(&mut self, m: &Incoming<'_>) -> Result<(), End> {
+        // The whole flat object goes to the service (it also reads keys such as
+        // `fw_progress` that the device-side record type does not carry).
+        let Ok(body) = serde_json::from_slice::<Value>(m.payload) else {
+            return self.bad_payload(m, "telemetry").await;
+        };
+        let Some(records) = telemetry_records(&body) else {
+            return self.bad_payload(m, "telemetry").await;
+        };
+        for values in records {
+            if let Err(e) = self.api.record_telemetry(&self.device, values).await {
+                tracing::warn!(device = %self.device.id, error = %e, "recording telemetry failed");
+            }
+        }
+        self.puback(m.packet_id, PubackReasonCode::Success).await
+    }
+
+    async fn attributes_request(&mut self, m: &Incoming<'_>, id: u32) -> Result<(), End> {
+        let Ok(req) = AttributesRequest::parse(m.payload) else {
+            return self.bad_payload(m, "attribute request").await;
+        };
+        let all = match self.fresh_device().await {
+            Ok(Some(d)) => self.api.shared_attributes(&d).await,
+            Ok(None) => return Err(End::Close(DisconnectReasonCode::NotAuthorized)),
+            Err(e) => Err(e),
+        };
+        let all = match all {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
+                return Err(End::Close(
+                    DisconnectReasonCode::ImplementationSpecificError,
+                ));
+            }
+        };
+        let shared: Map<String, Value> = match (req.shared_keys, req.client_keys) {
+            (Some(_), _) => {
+                let wanted: Vec<&str> = req.shared().collect();
+                all.into_iter()
+                    .filter(|(k, _)| wanted.contains(&k.as_str()))
+                    .collect()
+            }
+            // Only shared attributes exist here; client keys alone select none.
+            (None, Some(_)) => Map::new(),
+            (None, None) => all,
+        };
+        let mut body = Map::new();
+        if !shared.is_empty() {
+            body.insert("shared".into(), Value::Object(shared));
+        }
+        self.puback(m.packet_id, PubackReasonCode::Success).await?;
+        let payload = Value::Object(body).to_string().into_bytes();
+        self.send(&Topic::AttributesResponse { id }, payload).await
+    }
+
+    async fn rpc(&mut self, m: &Incoming<'_>, id: u32) -> Result<(), End> {
+        let Ok(call) = serde_json::from_slice::<Value>(m.payload) else {
+            return self.bad_payload(m, "RPC request").await;
+        };
+        self.puback(m.packet_id, PubackReasonCode::Success).await?;
+        if call.get("method").and_then(Value::as_str) != Some("getSessionLimits") {
+            // ThingsBoard hands other device RPCs to its rule engine; nothing answers here.
+            return Ok(());
+        }
+        let limits = &self.config.rate_limits;
+        let answer = serde_json::json!({
+            "maxPayloadSize": self.config.max_packet_size,
+            "maxInflightMessages": self.config.max_inflight,
+            "rateLimits": {
+                "messages": limits.messages,
+                "telemetryMessages": limits.telemetry_messages,
+                "telemetryDataPoints": limits.telemetry_data_points,
+            }
+        });
+        self.send(&Topic::RpcResponse { id }, answer.to_string().into_bytes())
+            .await
+    }
+
+    /// `v2/fw|sw/request/{reqId}/chunk/{n}` with ThingsBoard's exact rules (reference §3).
+    async fn chunk(
+        &mut self,
+        m: &Incoming<'_>,
+        kind: Kind,
+        request_id: RequestId<'_>,
+        chunk: u32,
+    ) -> Result<(), End> {
+        let requested = match parse_size(m.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(device = %self.device.id, error = %e, "bad chunk size");
+                return Err(End::Close(DisconnectReasonCode::ServerShuttingDown));
+            }
+        };
+        let size = self.requests.effective_size(request_id.as_str(), requested);
+        if size > self.config.max_chunk_size {
+            return Err(self
+                .ota_error(
+                    OtaError::PayloadTooLarge,
+                    DisconnectReasonCode::ImplementationSpecificError,
+                )
+                .await);
+        }
+        let cached = self.requests.entry(request_id.as_str()).package.clone();
+        let package = if let Some(p) = cached {
+            p
+        } else {
+            let package = self.resolve(kind).await?;
+            self.requests.entry(request_id.as_str()).package = Some(package.clone());
+            package
+        };
+        self.puback(m.packet_id, PubackReasonCode::Success).await?;
+        let bytes = match self.api.read_chunk(&package, u64::from(chunk), size).await {
+            Ok(b) => b,
+            Err(ServiceError::NoStoredData { .. }) => {
+                return Err(self
+                    .ota_error(
+                        OtaError::Failure,
+                        DisconnectReasonCode::ImplementationSpecificError,
+                    )
+                    .await);
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "reading a chunk failed");
+                return Err(End::Close(
+                    DisconnectReasonCode::ImplementationSpecificError,
+                ));
+            }
+        };
+        let topic = Topic::ChunkResponse {
+            kind,
+            request_id,
+            chunk,
+        };
+        self.send(&topic, bytes.to_vec()).await
+    }
+
+    /// The package a new request id serves: the one assigned now.
+    async fn resolve(&mut self, kind: Kind) -> Result<Arc<OtaPackage>, End> {
+        let shutdown = DisconnectReasonCode::ImplementationSpecificError;
+        let device = match self.fresh_device().await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(self.ota_error(OtaError::Unknown, shutdown).await),
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "reading the device failed");
+                return Err(End::Close(shutdown));
+            }
+        };
+        match self.api.assigned_package(&device, package_type(kind)).await {
+            Ok(Some(p)) if p.has_data() => Ok(Arc::new(p)),
+            Ok(Some(_)) => Err(self.ota_error(OtaError::Failure, shutdown).await),
+            Ok(None) => Err(self.ota_error(OtaError::NotFound, shutdown).await),
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "resolving the package failed");
+                Err(End::Close(shutdown))
+            }
+        }
+    }
+
+    /// Pushes one assignment change (ThingsBoard order: deletions first), if the session
+    /// subscribed to `v1/devices/me/attributes`.
+    async fn push(&mut self, pushes: &[AttributePush]) -> Result<(), End> {
+        if !self.wants_pushes() {
+            return Ok(());
+        }
+        for p in pushes {
+            if matches!(p, AttributePush::Deleted(keys) if keys.is_empty()) {
+                continue;
+            }
+            self.send(&Topic::Attributes, p.to_json().to_string().into_bytes())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes the current attributes (after missed events, or on subscribe when enabled).
+    async fn push_current(&mut self) -> Result<(), End> {
+        if !self.wants_pushes() {
+            return Ok(());
+        }
+        let all = match self.fresh_device().await {
+            Ok(Some(d)) => self.api.shared_attributes(&d).await,
+            Ok(None) => return Err(End::Close(DisconnectReasonCode::NotAuthorized)),
+            Err(e) => Err(e),
+        };
+        match all {
+            Ok(all) if all.is_empty() => Ok(()),
+            Ok(all) => {
+                self.send(
+                    &Topic::Attributes,
+                    Value::Object(all).to_string().into_bytes(),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The flat value objects of a telemetry payload: `{k:v}`, `{"ts":…,"values":{…}}`, or an
+/// array of either; `None` if any element is not an object.
+fn telemetry_records(body: &Value) -> Option<Vec<&Map<String, Value>>> {
+    fn one(v: &Value) -> Option<&Map<String, Value>> {
+        let m = v.as_object()?;
+        match (m.get("ts"), m.get("values")) {
+            (Some(_), Some(Value::Object(values))) => Some(values),
+            _ => Some(m),
+        }
+    }
+    match body {
+        Value::Array(items) => items.iter().map(one).collect(),
+        v => one(v).map(|m| vec![m]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::telemetry_records;
+    use serde_json::json;
+
+    #[test]
+    fn telemetry_shapes() {
+        let flat = json!({"fw_state": "DOWNLOADING"});
+        assert_eq!(
+            telemetry_records(&flat),
+            Some(vec![flat.as_object().unwrap()])
+        );
+        let ts = json!({"ts": 1, "values": {"fw_state": "UPDATED"}});
+        let values = json!({"fw_state": "UPDATED"});
+        assert_eq!(
+            telemetry_records(&ts),
+            Some(vec![values.as_object().unwrap()])
+        );
+        let arr = json!([{"a": 1}, {"ts": 2, "values": {"b": 2}}]);
+        assert_eq!(telemetry_records(&arr).map(|r| r.len()), Some(2));
+        assert_eq!(telemetry_records(&json!([1])), None);
+        assert_eq!(telemetry_records(&json!("x")), None);
+    }
+}
