@@ -13,7 +13,7 @@ use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce, Tag};
 use ed25519_dalek::Signature;
 use ota_core::UpdateError;
-use ota_core::reader::{Feed, PackageReader};
+use ota_core::reader::{Feed, PackageReader, ResumableReader};
 use sha2::{Digest, Sha256};
 
 use crate::HEADER_LEN;
@@ -421,5 +421,27 @@ impl PackageReader for SignedPackageReader<'_> {
 
     fn plaintext_len(&self) -> Option<u64> {
         self.manifest.map(|m| m.payload_size)
+    }
+}
+
+/// Signed packages resume by restarting from byte 0.
+///
+/// The state after a package prefix (the authenticated manifest, the decryptor's position and
+/// the running SHA-256 over the plaintext) needs the manifest and signature at the start of
+/// the package; the plaintext in the slot cannot stand in for them (it carries no signature),
+/// so [`absorb_written`](ResumableReader::absorb_written) always refuses: bytes already in the
+/// slot are never trusted, and the updater downloads the package again from the start.
+impl ResumableReader for SignedPackageReader<'_> {
+    /// Always `Err(UpdateError::InvalidState)`: the reader is left as it was, and the caller
+    /// [`restart`](ResumableReader::restart)s it and feeds the package from byte 0.
+    fn absorb_written(&mut self, _plaintext: &[u8]) -> Result<(), UpdateError> {
+        Err(UpdateError::InvalidState)
+    }
+
+    /// Back to the state [`SignedPackageReader::new`] gave: same key set, payload key, policy
+    /// and chunk buffer; the manifest, decryptor, digest, counters and any error are cleared.
+    fn restart(&mut self) {
+        let chunk_buf = core::mem::take(&mut self.chunk_buf);
+        *self = Self::new(self.keys, self.payload_key, self.policy, chunk_buf);
     }
 }

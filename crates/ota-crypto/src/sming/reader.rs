@@ -1,8 +1,9 @@
 //! The streaming, heap-free Sming `.ota` reader (device side).
 
 use crypto_secretstream::PullStream;
+use ed25519_dalek::VerifyingKey;
 use ota_core::UpdateError;
-use ota_core::reader::{Feed, PackageReader};
+use ota_core::reader::{Feed, PackageReader, ResumableReader};
 use zeroize::Zeroize;
 
 use super::plain::{Check, PlainParser};
@@ -72,6 +73,40 @@ struct Container<const N: usize> {
 }
 
 impl<const N: usize> Container<N> {
+    fn new(key: [u8; 32]) -> Self {
+        Self {
+            key,
+            stream: None,
+            phase: Phase::Header,
+            small: [0; STREAM_HEADER_LEN],
+            small_len: 0,
+            chunk: [0; N],
+            chunk_len: 0,
+            chunk_target: 0,
+            plain_start: 0,
+            plain_end: 0,
+            index: 0,
+            final_seen: false,
+            holding: false,
+        }
+    }
+
+    /// Back to the state [`Container::new`] gave, keeping the key.
+    fn reset(&mut self) {
+        self.stream = None;
+        self.phase = Phase::Header;
+        self.small = [0; STREAM_HEADER_LEN];
+        self.small_len = 0;
+        self.chunk.zeroize();
+        self.chunk_len = 0;
+        self.chunk_target = 0;
+        self.plain_start = 0;
+        self.plain_end = 0;
+        self.index = 0;
+        self.final_seen = false;
+        self.holding = false;
+    }
+
     /// Decrypts the collected chunk in place; its plaintext becomes pending.
     fn decrypt(&mut self) -> Result<(), SmingError> {
         let failed = SmingError::DecryptionFailed {
@@ -129,8 +164,47 @@ impl<const N: usize> Drop for Container<N> {
 pub struct SmingReader<const N: usize = DEFAULT_CHUNK_CAPACITY> {
     plain: PlainParser,
     container: Option<Container<N>>,
+    /// The settings [`ResumableReader::restart`] rebuilds the parser from; the verifying key
+    /// is kept compressed (32 bytes instead of 192) to keep the reader small.
+    trust: Trust,
+    slot: Option<Slot>,
+    minimum: Option<Timestamp>,
     error: Option<SmingError>,
     input_offset: u64,
+}
+
+/// What the trailer is checked against, with keys in their 32-byte encoding.
+#[derive(Clone, Copy)]
+enum Trust {
+    Md5,
+    Ed25519ph([u8; 32]),
+    Inspect(Option<[u8; 32]>),
+}
+
+impl Trust {
+    fn of(check: Check) -> Self {
+        match check {
+            Check::Verify(Verifier::Md5) => Self::Md5,
+            Check::Verify(Verifier::Ed25519ph(key)) => Self::Ed25519ph(key.to_bytes()),
+            Check::Inspect(key) => Self::Inspect(key.map(|k| k.to_bytes())),
+        }
+    }
+
+    /// The check again. A key that was valid when encoded always decodes; if it ever did
+    /// not, every signed package fails verification (never a fallback to MD5).
+    fn check(self) -> Result<Check, SmingError> {
+        let decode = |bytes: [u8; 32]| {
+            VerifyingKey::from_bytes(&bytes).map_err(|_| SmingError::VerificationFailed {
+                integrity: Integrity::Ed25519ph,
+            })
+        };
+        Ok(match self {
+            Self::Md5 => Check::Verify(Verifier::Md5),
+            Self::Ed25519ph(bytes) => Check::Verify(Verifier::Ed25519ph(decode(bytes)?)),
+            Self::Inspect(None) => Check::Inspect(None),
+            Self::Inspect(Some(bytes)) => Check::Inspect(Some(decode(bytes)?)),
+        })
+    }
 }
 
 impl<const N: usize> core::fmt::Debug for SmingReader<N> {
@@ -162,24 +236,22 @@ impl<const N: usize> SmingReader<N> {
     ) -> Self {
         Self {
             plain: PlainParser::new(check, slot, minimum),
-            container: decrypt_key.map(|key| Container {
-                key,
-                stream: None,
-                phase: Phase::Header,
-                small: [0; STREAM_HEADER_LEN],
-                small_len: 0,
-                chunk: [0; N],
-                chunk_len: 0,
-                chunk_target: 0,
-                plain_start: 0,
-                plain_end: 0,
-                index: 0,
-                final_seen: false,
-                holding: false,
-            }),
+            container: decrypt_key.map(Container::new),
+            trust: Trust::of(check),
+            slot,
+            minimum,
             error: None,
             input_offset: 0,
         }
+    }
+
+    /// A fresh parser for the settings this reader was built with.
+    fn fresh_parser(&self) -> Result<PlainParser, SmingError> {
+        Ok(PlainParser::new(
+            self.trust.check()?,
+            self.slot,
+            self.minimum,
+        ))
     }
 
     /// Package bytes consumed so far.
@@ -270,8 +342,9 @@ impl<const N: usize> SmingReader<N> {
                     c.small_len += take;
                     feed.consumed += take;
                     if c.small_len == STREAM_HEADER_LEN {
+                        // The key stays (zeroized on drop) so that `restart` can
+                        // decrypt the stream again from its header.
                         c.stream = Some(pull_init(&c.small, &c.key));
-                        c.key.zeroize();
                         c.small_len = 0;
                         c.phase = Phase::Length;
                     }
@@ -380,5 +453,36 @@ impl<const N: usize> PackageReader for SmingReader<N> {
 
     fn plaintext_len(&self) -> Option<u64> {
         self.plain.selected().map(|(_, rom)| u64::from(rom.size))
+    }
+}
+
+/// Sming packages resume by restarting from byte 0.
+///
+/// The parser's state after a prefix (file header, ROM records, the running SHA-512/MD5 over
+/// the whole file, and for encrypted files the secretstream state after the stream header)
+/// comes only from the package bytes themselves, not from the plaintext in the slot, so
+/// [`absorb_written`](ResumableReader::absorb_written) always refuses: bytes already in the
+/// slot are never trusted, and the updater downloads the package again from the start.
+impl<const N: usize> ResumableReader for SmingReader<N> {
+    /// Always `Err(UpdateError::InvalidState)`: the reader is left as it was, and the caller
+    /// [`restart`](ResumableReader::restart)s it and feeds the package from byte 0.
+    fn absorb_written(&mut self, _plaintext: &[u8]) -> Result<(), UpdateError> {
+        Err(UpdateError::InvalidState)
+    }
+
+    /// Back to the state [`SmingReader::new`] gave: same verifier, key, slot and minimum
+    /// timestamp; the error, offset and everything parsed are cleared.
+    fn restart(&mut self) {
+        if let Some(c) = self.container.as_mut() {
+            c.reset();
+        }
+        self.input_offset = 0;
+        match self.fresh_parser() {
+            Ok(parser) => {
+                self.plain = parser;
+                self.error = None;
+            }
+            Err(e) => self.error = Some(e),
+        }
     }
 }
