@@ -25,6 +25,8 @@ pub enum Class {
     /// 8: the package is well-formed and authentic but refused by policy
     /// (downgrade, expired, wrong target, too large).
     Policy = 8,
+    /// 9: the OTA server could not be reached, refused the login, or refused the request.
+    Server = 9,
 }
 
 /// The table printed in `--help` and the crate README.
@@ -38,7 +40,8 @@ Exit codes:
   5  invalid package (malformed, truncated, trailing data, wrong format)
   6  verification failed (signature or checksum mismatch)
   7  decryption failed (wrong key or tampered ciphertext)
-  8  refused by policy (downgrade, expired, wrong target, too large)";
+  8  refused by policy (downgrade, expired, wrong target, too large)
+  9  server error (unreachable, login refused, request refused)";
 
 impl Class {
     /// The class of an updater error.

@@ -1,4 +1,5 @@
-//! `ota`: generate keys, pack, verify and inspect OTA packages.
+//! `ota`: generate keys, pack, verify and inspect OTA packages; upload them to an OTA server,
+//! assign them to devices or device profiles, and show the fleet's update status.
 //!
 //! Two formats: the project's own signed/encrypted package (`--format ota`) and Sming's
 //! advanced `.ota` file (`--format sming`, byte-compatible with `otatool.py`). Large files
@@ -17,11 +18,13 @@
 //! | 6 | verification failed (signature or checksum mismatch) |
 //! | 7 | decryption failed (wrong key or tampered ciphertext) |
 //! | 8 | refused by policy (downgrade, expired, wrong target, too large) |
+//! | 9 | server error (unreachable, login refused, request refused) |
 
 mod exit;
 mod files;
 mod native;
 mod progress;
+mod remote;
 mod sming;
 
 use std::path::{Path, PathBuf};
@@ -136,6 +139,15 @@ enum Command {
         #[command(flatten)]
         native: native::ReadOpts,
     },
+    /// Upload a package file to the server for a device profile; prints the package id.
+    #[command(after_help = exit::TABLE)]
+    Upload(remote::UploadArgs),
+    /// Assign a firmware and/or software package to a device or a device profile.
+    #[command(after_help = exit::TABLE)]
+    Assign(remote::AssignArgs),
+    /// Show the update state of every device (a table; `--json` for the raw states).
+    #[command(after_help = exit::TABLE)]
+    Status(remote::StatusArgs),
 }
 
 /// Sming-only options of `pack`.
@@ -292,9 +304,12 @@ fn pack_cmd(
     native::pack(&input, output, key, encrypt, force, quiet, native)
 }
 
-fn run(cli: Cli) -> Result<serde_json::Value> {
+fn run(cli: Cli) -> Result<remote::Report> {
     let quiet = cli.quiet;
-    match cli.command {
+    let value = match cli.command {
+        Command::Upload(args) => return remote::upload(&args),
+        Command::Assign(args) => return remote::assign(&args),
+        Command::Status(args) => return remote::status(&args),
         Command::Keygen {
             out_dir,
             sming: true,
@@ -365,15 +380,24 @@ fn run(cli: Cli) -> Result<serde_json::Value> {
             sming: &sming,
             native: &native,
         }),
-    }
+    }?;
+    // Empty text: shown as `key: value` lines by `print`.
+    Ok(remote::Report {
+        json: value,
+        text: String::new(),
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     match run(cli) {
-        Ok(value) => {
-            print(&value, json);
+        Ok(report) if json || report.text.is_empty() => {
+            print(&report.json, json);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{}", report.text);
             ExitCode::SUCCESS
         }
         Err(failure) => {

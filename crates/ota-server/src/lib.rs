@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod model;
+pub mod openapi;
 pub mod rest;
 pub mod rules;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The REST management API: ThingsBoard's OTA subset (reference §8) on axum.
 //!
 //! Handlers are thin: they parse, call [`Ota`], and render ThingsBoard's JSON shapes.
-//! Errors are `{"status","message","errorCode","timestamp"}`.
+//! Errors are `{"status","message","errorCode","timestamp"}`. The routes are described by
+//! [`crate::openapi::document`], served at `/api/openapi.json`; keep the two in step.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,6 +259,7 @@ pub fn router(state: AppState) -> Router {
         .saturating_add(64 * 1024);
     Router::new()
         .route("/api/auth/login", post(login))
+        .route("/api/openapi.json", get(openapi_json))
         .route("/api/otaPackage", post(save_package))
         .route(
             "/api/otaPackage/{id}",
@@ -288,6 +290,11 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// The OpenAPI document; public, like ThingsBoard's Swagger UI.
+async fn openapi_json() -> Json<Value> {
+    Json(crate::openapi::document())
 }
 
 #[derive(Deserialize)]
