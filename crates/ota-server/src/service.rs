@@ -20,7 +20,7 @@ use crate::model::{
     PackageType, UpdateState,
 };
 use crate::rules::{self, StateReport};
-use crate::store::{AssignmentChange, Store, StoreError};
+use crate::store::{AssignmentChange, CachedStore, Store, StoreError};
 
 /// A service failure.
 #[non_exhaustive]
@@ -78,6 +78,11 @@ pub struct ServiceConfig {
     pub progress_flush: Duration,
     /// Packages kept in memory for chunk reads.
     pub cached_packages: usize,
+    /// How long a device, profile or package row read for a device request may be reused.
+    /// Writes through this service (and assignment changes heard from other replicas) clear
+    /// the cache at once; the time-to-live bounds how long any other change made by another
+    /// replica stays unseen. Zero disables the cache.
+    pub lookup_cache_ttl: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -87,6 +92,7 @@ impl Default for ServiceConfig {
             update_timeout: Duration::from_hours(1),
             progress_flush: Duration::from_secs(5),
             cached_packages: 16,
+            lookup_cache_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -100,7 +106,7 @@ pub fn now_ms() -> i64 {
 
 /// The OTA service.
 pub struct Ota {
-    store: Arc<dyn Store>,
+    store: Arc<CachedStore>,
     blobs: BlobStore,
     events: Events,
     config: ServiceConfig,
@@ -141,7 +147,7 @@ impl Ota {
     /// A service over a store and a blob store.
     pub fn new(store: Arc<dyn Store>, blobs: BlobStore, config: ServiceConfig) -> Self {
         Self {
-            store,
+            store: Arc::new(CachedStore::new(store, config.lookup_cache_ttl)),
             blobs,
             events: Events::default(),
             config,
@@ -202,6 +208,8 @@ impl Ota {
         &self,
         c: &AssignmentChange,
     ) -> Result<Option<OtaPackage>, ServiceError> {
+        // The change may come from another replica: forget rows it may have changed.
+        self.store.invalidate();
         let new = match c.new {
             Some(id) => Some(self.store.package(id).await?),
             None => None,
@@ -217,9 +225,15 @@ impl Ota {
         Ok(new)
     }
 
-    /// The store.
+    /// The store (behind the lookup cache; writes through it clear the cache).
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
+    }
+
+    /// Forgets every cached device, profile and package row, e.g. after changing the
+    /// database behind this service's back.
+    pub fn invalidate_cache(&self) {
+        self.store.invalidate();
     }
 
     /// The blob store.

@@ -762,10 +762,16 @@ async fn postgres_replicas_hear_each_others_assignments() {
     for _ in 0..2 {
         let store = SqlStore::connect(&url).await.expect("store");
         let pool = store.pg_pool().expect("postgres").clone();
+        // A long lookup-cache life: B must see A's assignment because the notification
+        // clears its cache, not because a cached row expired.
+        let config = ServiceConfig {
+            lookup_cache_ttl: std::time::Duration::from_hours(1),
+            ..ServiceConfig::default()
+        };
         let ota = Arc::new(Ota::new(
             Arc::new(store),
             BlobStore::from_url(&blob_url).expect("blobs"),
-            ServiceConfig::default(),
+            config,
         ));
         ota.enable_pg_fanout(pool, &namespace)
             .await
@@ -777,6 +783,18 @@ async fn postgres_replicas_hear_each_others_assignments() {
     let dev = device(a, prof.id, "d").await;
     let pkg = uploaded(a, prof.id, PackageType::Firmware, "demo", "1.1").await;
     let mut rx = b.subscribe(dev.id);
+    // B looks the device up (and caches the device and its profile) before the assignment.
+    let dev_b = b
+        .authenticate(&dev.access_token)
+        .await
+        .expect("auth on B")
+        .expect("device on B");
+    assert!(
+        b.assigned_package(&dev_b, PackageType::Firmware)
+            .await
+            .expect("lookup on B")
+            .is_none()
+    );
     prof.firmware_id = Some(pkg.id);
     a.set_profile_packages(&prof).await.expect("assign on A");
     let ev = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
@@ -788,6 +806,12 @@ async fn postgres_replicas_hear_each_others_assignments() {
         panic!("attributes expected")
     };
     assert_eq!(attrs["fw_version"], "1.1");
+    let assigned = b
+        .assigned_package(&dev_b, PackageType::Firmware)
+        .await
+        .expect("lookup on B")
+        .expect("B sees the assignment made on A");
+    assert_eq!(assigned.id, pkg.id);
 
     // Another namespace on the same database hears nothing.
     let store = SqlStore::connect(&url).await.expect("store");

@@ -1,7 +1,9 @@
 //! Persistent state: the [`Store`] trait and its SQL backends (SQLite, PostgreSQL).
 
+mod cache;
 mod sql;
 
+pub use cache::CachedStore;
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
