@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine, idempotently:
-# Python reference implementations (mmh3, PyNaCl), the S3-compatible test server (moto) and
+# Python reference implementations (mmh3, PyNaCl), third-party clients (ThingsBoard SDK, aiocoap), the S3-compatible test server (moto) and
 # the PostgreSQL server binaries. Quick when everything is already present.
 set -euo pipefail
 
-PY_PKGS=("mmh3==5.3.1" "pynacl==1.6.2" "moto[server]==5.2.5" "tb-mqtt-client==1.13.14")
+PY_PKGS=("mmh3==5.3.1" "pynacl==1.6.2" "moto[server]==5.2.5" "tb-mqtt-client==1.13.14" "aiocoap==0.4.17")
 
 need_pip=()
 python3 -c 'import mmh3' 2>/dev/null || need_pip+=("${PY_PKGS[0]}")
 python3 -c 'import nacl.bindings' 2>/dev/null || need_pip+=("${PY_PKGS[1]}")
 command -v moto_server >/dev/null 2>&1 || need_pip+=("${PY_PKGS[2]}")
 python3 -c 'import tb_device_mqtt' 2>/dev/null || need_pip+=("${PY_PKGS[3]}")
+python3 -c 'import aiocoap' 2>/dev/null || need_pip+=("${PY_PKGS[4]}")
 if [ ${#need_pip[@]} -gt 0 ]; then
     echo "setup: pip install ${need_pip[*]}"
     python3 -m pip install --quiet "${need_pip[@]}"

@@ -437,3 +437,55 @@ async fn attributes_can_be_observed() {
         "{v}"
     );
 }
+
+/// aiocoap (PyPI), a second independent CoAP implementation, fetches the firmware with its own
+/// Block2 handling at two block sizes, and sees the reference's error codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiocoap_downloads_the_firmware_blockwise() {
+    fn aiocoap(url: &str, szx: Option<u8>) -> (String, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out.bin");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/aiocoap_fetch.py");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(script).arg(url).arg(&out);
+        if let Some(s) = szx {
+            cmd.arg(s.to_string());
+        }
+        let o = cmd.output().expect("run python3");
+        assert!(
+            o.status.success(),
+            "aiocoap failed (installed by scripts/setup-test-deps.sh): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (
+            String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            std::fs::read(&out).unwrap_or_default(),
+        )
+    }
+    let e = env(bytes(20_000, 7)).await;
+    let base = format!("coap://{}", e.addr);
+    for szx in [None, Some(2u8)] {
+        let url = format!("{base}/fw/{TOKEN}?title=demo&version=1.1");
+        let (code, body) = tokio::task::spawn_blocking(move || aiocoap(&url, szx))
+            .await
+            .expect("join");
+        assert!(code.starts_with("2.05"), "szx {szx:?}: {code}");
+        assert!(body == e.image, "szx {szx:?}: {} bytes differ", body.len());
+    }
+    let cases = [
+        (format!("{base}/fw/wrong-token"), "4.01"),
+        (format!("{base}/fw/{BARE}"), "4.04"),
+        (format!("{base}/fw/{TOKEN}?title=other&version=1.1"), "4.00"),
+        (format!("{base}/fw/{TOKEN}?size=4096&chunk=1"), "2.05"),
+    ];
+    for (url, want) in cases {
+        let u = url.clone();
+        let (code, body) = tokio::task::spawn_blocking(move || aiocoap(&u, None))
+            .await
+            .expect("join");
+        assert!(code.starts_with(want), "{url}: {code}");
+        if want == "2.05" {
+            assert!(body == e.image[4096..8192], "{url}: chunk differs");
+        }
+    }
+}
