@@ -30,7 +30,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ota_server::model::{PackageType, UpdateState};
-use ota_server::service::ServiceError;
 use ota_server::store::StoreError;
 
 use crate::device::{Device, DeviceEnd, DeviceProgress, DoneOnDrop, FACTORY_VERSION};
@@ -81,9 +80,6 @@ pub enum FleetError {
     /// Reading the recorded states failed.
     #[error("reading update states: {0}")]
     Store(#[from] StoreError),
-    /// Writing the coalesced progress failed.
-    #[error("writing progress: {0}")]
-    Service(#[from] ServiceError),
     /// The runtime, a thread or the terminal failed.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -243,7 +239,11 @@ struct Running {
     thread: JoinHandle<Result<DeviceEnd, String>>,
 }
 
-/// Reads the recorded states into a snapshot (and writes the coalesced progress first).
+/// Reads the recorded states into a snapshot.
+///
+/// The coalesced `fw_progress` is not written here ([`ota_server::service::Ota::flush_progress`]):
+/// it rewrites each state row it read a moment before, so running it while devices report
+/// can put back a state a device has just left. Bytes come from the devices' counters.
 async fn snapshot(
     server: &FleetServer,
     running: &[Running],
@@ -256,7 +256,6 @@ async fn snapshot(
     ),
     FleetError,
 > {
-    server.ota.flush_progress().await?;
     let states: BTreeMap<_, _> = server
         .ota
         .store()
@@ -271,7 +270,6 @@ async fn snapshot(
     for r in running {
         let s = states.get(&r.member.id);
         snap.count(s.and_then(|s| s.state));
-        snap.server_progress += s.map_or(0, |s| s.progress);
         snap.bytes += r.progress.written.load(Ordering::Relaxed);
         snap.done += usize::from(r.progress.done.load(Ordering::Acquire));
     }

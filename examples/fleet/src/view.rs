@@ -1,5 +1,6 @@
 //! The live progress view: per-state counts from the server's recorded update states (what
-//! the REST API shows), bytes and throughput from the devices' counters. On a terminal the
+//! the REST API shows), bytes and throughput from the devices' counters (bytes written to
+//! their update slots). On a terminal the
 //! block is redrawn in place; otherwise one plain line is printed per second.
 
 use std::collections::BTreeMap;
@@ -52,8 +53,6 @@ pub struct Snapshot {
     pub bytes: u64,
     /// Bytes all downloads together will write.
     pub total_bytes: u64,
-    /// Sum of the progress the server recorded (`fw_progress`, coalesced).
-    pub server_progress: u64,
 }
 
 impl Snapshot {
@@ -121,12 +120,11 @@ impl Snapshot {
             "-".repeat(self.waiting * BAR / max)
         ));
         lines.push(format!(
-            "  {:.2} / {:.2} MiB written, {:.2} MiB/s now, {:.2} MiB/s overall · server recorded {:.2} MiB",
+            "  {:.2} / {:.2} MiB written, {:.2} MiB/s now, {:.2} MiB/s overall",
             mib(self.bytes),
             mib(self.total_bytes),
             rate,
             mib_per_s(self.bytes, self.elapsed),
-            mib(self.server_progress)
         ));
         lines.push(format!(
             "  {:.1} s, devices finished {}/{}",
