@@ -16,6 +16,10 @@
 //! goes once its device client exists.
 
 pub mod device;
+/// `docs/porting.md`, whose code blocks run as this crate's doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/porting.md")]
+pub struct PortingGuide;
 pub mod firmware;
 pub mod flash;
 pub mod server;
