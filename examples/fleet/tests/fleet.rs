@@ -155,3 +155,59 @@ fn the_binary_fails_on_bad_flags() {
         .expect("running ota-demo-fleet");
     assert_eq!(output.status.code(), Some(2), "clap's usage error");
 }
+
+#[test]
+fn devices_stop_with_typed_errors_on_unknown_tokens_and_missing_servers() {
+    use ota_demo_fleet::device::{Device, DeviceError, DeviceProgress};
+    use ota_demo_fleet::server::{members, start};
+    use ota_demo_fleet::transport::{Endpoints, LinkError, connect};
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime
+        .block_on(start(&members(1, 0), 4096))
+        .expect("server");
+    let run = |endpoints: &Endpoints, transport: TransportKind, token: &str| {
+        let link = connect(transport, endpoints, token, 8192, 7).expect("link");
+        Device::provision(4096, link)
+            .expect("provision")
+            .run(&DeviceProgress::new(std::time::Instant::now()))
+    };
+
+    let err = run(&server.endpoints, TransportKind::Http, "nobody").expect_err("401");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Link(LinkError::Http(
+                ota_http::device::DeviceError::Unauthorized { .. }
+            ))
+        ),
+        "{err}"
+    );
+    let err = run(&server.endpoints, TransportKind::Coap, "nobody").expect_err("4.01");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Link(LinkError::Coap(ota_coap::device::ClientError::Status {
+                code: 0x81
+            }))
+        ),
+        "{err}"
+    );
+
+    // Nothing listens on the HTTP port any more.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let gone = Endpoints {
+        http: closed,
+        ..server.endpoints
+    };
+    let err = run(&gone, TransportKind::Http, "fleet-http-000").expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Link(LinkError::Http(ota_http::device::DeviceError::Http { .. }))
+        ),
+        "{err}"
+    );
+}
