@@ -260,6 +260,13 @@ async fn snapshot(
     ),
     FleetError,
 > {
+    // Devices first: a device marked done had its last report acknowledged, so the states
+    // read after this include it.
+    let mut snap = Snapshot::new(running.len(), total_bytes);
+    for r in running {
+        snap.done += usize::from(r.progress.done.load(Ordering::Acquire));
+        snap.bytes += r.progress.written.load(Ordering::Relaxed);
+    }
     let states: BTreeMap<_, _> = server
         .ota
         .store()
@@ -269,13 +276,9 @@ async fn snapshot(
         .filter(|s| s.package_type == PackageType::Firmware)
         .map(|s| (s.device_id, s))
         .collect();
-    let mut snap = Snapshot::new(running.len(), total_bytes);
     snap.elapsed = started.elapsed();
     for r in running {
-        let s = states.get(&r.member.id);
-        snap.count(s.and_then(|s| s.state));
-        snap.bytes += r.progress.written.load(Ordering::Relaxed);
-        snap.done += usize::from(r.progress.done.load(Ordering::Acquire));
+        snap.count(states.get(&r.member.id).and_then(|s| s.state));
     }
     Ok((snap, states))
 }
