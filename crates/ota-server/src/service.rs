@@ -269,9 +269,11 @@ impl Ota {
             if c.new.is_some() {
                 let mut s = self.store.update_state(c.device_id, c.package_type).await?;
                 if s.state == Some(UpdateState::Queued) && s.target_package_id == c.new {
+                    let queued_at = s.state_time;
                     s.state = Some(UpdateState::Initiated);
                     s.state_time = now_ms();
-                    self.store.put_update_state(&s).await?;
+                    // Not if the device reported in between (its report wins).
+                    self.store.put_update_state_if(&s, queued_at).await?;
                 }
             }
         }
@@ -418,8 +420,12 @@ impl Ota {
         let timeout = i64::try_from(self.config.update_timeout.as_millis()).unwrap_or(i64::MAX);
         let mut n = 0;
         for s in self.store.update_states().await? {
-            if let Some(failed) = rules::expire(&s, now, timeout) {
-                self.store.put_update_state(&failed).await?;
+            if let Some(failed) = rules::expire(&s, now, timeout)
+                && self
+                    .store
+                    .put_update_state_if(&failed, s.state_time)
+                    .await?
+            {
                 n += 1;
             }
         }
@@ -436,11 +442,9 @@ impl Ota {
             .collect();
         let n = pending.len();
         for ((device, t), bytes) in pending {
-            let mut s = self.store.update_state(device, t).await?;
-            if s.progress != bytes {
-                s.progress = bytes;
-                self.store.put_update_state(&s).await?;
-            }
+            // Only the progress column: a whole-row write here could undo a state report
+            // recorded between our read and our write.
+            self.store.set_progress(device, t, bytes).await?;
         }
         Ok(n)
     }

@@ -115,6 +115,23 @@ impl Store for Counting {
         self.hit();
         self.inner.put_update_state(s).await
     }
+    async fn put_update_state_if(
+        &self,
+        s: &DeviceUpdateState,
+        expected: Millis,
+    ) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.put_update_state_if(s, expected).await
+    }
+    async fn set_progress(
+        &self,
+        device: DeviceId,
+        t: PackageType,
+        progress: u64,
+    ) -> Result<(), StoreError> {
+        self.hit();
+        self.inner.set_progress(device, t, progress).await
+    }
     async fn update_states(&self) -> Result<Vec<DeviceUpdateState>, StoreError> {
         self.inner.update_states().await
     }

@@ -275,6 +275,25 @@ impl Store for CachedStore {
         self.inner.put_update_state(state).await
     }
 
+    async fn put_update_state_if(
+        &self,
+        state: &DeviceUpdateState,
+        expected_state_time: Millis,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .put_update_state_if(state, expected_state_time)
+            .await
+    }
+
+    async fn set_progress(
+        &self,
+        device: DeviceId,
+        t: PackageType,
+        progress: u64,
+    ) -> Result<(), StoreError> {
+        self.inner.set_progress(device, t, progress).await
+    }
+
     async fn update_states(&self) -> Result<Vec<DeviceUpdateState>, StoreError> {
         self.inner.update_states().await
     }

@@ -231,6 +231,22 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<DeviceUpdateState, StoreError>;
     /// Writes an update state.
     async fn put_update_state(&self, state: &DeviceUpdateState) -> Result<(), StoreError>;
+    /// Writes an update state only if the stored row still has state time
+    /// `expected_state_time` (compare-and-set, so a read-modify-write cannot undo a report
+    /// that landed in between); returns whether it was written. No stored row: not written.
+    async fn put_update_state_if(
+        &self,
+        state: &DeviceUpdateState,
+        expected_state_time: Millis,
+    ) -> Result<bool, StoreError>;
+    /// Sets only the download progress of a stored update state (no stored row: nothing is
+    /// written), leaving every other column as the last writer left it.
+    async fn set_progress(
+        &self,
+        device: DeviceId,
+        t: PackageType,
+        progress: u64,
+    ) -> Result<(), StoreError>;
     /// Every stored update state (fleet view).
     async fn update_states(&self) -> Result<Vec<DeviceUpdateState>, StoreError>;
 }

@@ -1013,6 +1013,57 @@ impl Store for SqlStore {
         })
     }
 
+    async fn put_update_state_if(
+        &self,
+        s: &DeviceUpdateState,
+        expected_state_time: Millis,
+    ) -> Result<bool, StoreError> {
+        with_pool!(write self, |pool| {
+            let done = sqlx::query(
+                "UPDATE device_update_states SET current_title = $3, current_version = $4, \
+                 target_package_id = $5, target_title = $6, target_version = $7, state = $8, error = $9, \
+                 progress = $10, state_time = $11, anomalies = $12 \
+                 WHERE device_id = $1 AND package_type = $2 AND state_time = $13",
+            )
+            .bind(s.device_id.to_string())
+            .bind(s.package_type.as_str())
+            .bind(&s.current_title)
+            .bind(&s.current_version)
+            .bind(opt_id(s.target_package_id))
+            .bind(&s.target_title)
+            .bind(&s.target_version)
+            .bind(s.state.map(|st| st.as_str()))
+            .bind(&s.error)
+            .bind(to_i64(s.progress))
+            .bind(s.state_time)
+            .bind(to_i64(s.anomalies))
+            .bind(expected_state_time)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    async fn set_progress(
+        &self,
+        device: DeviceId,
+        t: PackageType,
+        progress: u64,
+    ) -> Result<(), StoreError> {
+        with_pool!(write self, |pool| {
+            sqlx::query(
+                "UPDATE device_update_states SET progress = $3 \
+                 WHERE device_id = $1 AND package_type = $2 AND progress <> $3",
+            )
+            .bind(device.to_string())
+            .bind(t.as_str())
+            .bind(to_i64(progress))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
     async fn update_states(&self) -> Result<Vec<DeviceUpdateState>, StoreError> {
         with_pool!(read self, |pool| {
             sqlx::query_as::<_, StateRow>(sqlf!("SELECT {STATE_COLS} FROM device_update_states ORDER BY device_id, package_type"))
