@@ -1032,7 +1032,7 @@ impl Store for SqlStore {
             .bind(opt_id(s.target_package_id))
             .bind(&s.target_title)
             .bind(&s.target_version)
-            .bind(s.state.map(|st| st.as_str()))
+            .bind(s.state.map(crate::model::UpdateState::as_str))
             .bind(&s.error)
             .bind(to_i64(s.progress))
             .bind(s.state_time)
