@@ -21,7 +21,8 @@ Node part (`processOTACommand`):
 
 Fault injection: `--drop 5,17` loses the first delivery of those chunk indices (ESP-NOW loss);
 `--deaf-after K --deaf-for S` loses every OTA message for S seconds after chunk K was accepted
-(link outage: the node times out, reports 5 and reboots).
+(link outage: the node times out, reports 5 and reboots); `--corrupt K` flips a bit of chunk K
+as written to flash (the MD5 check then fails).
 
 Prints `READY` once subscribed, then one JSON line with what it saw when the image is
 installed or `--max-runtime` has passed, and exits 0.
@@ -179,6 +180,8 @@ class Node:
         self.gap_reported = False
         self.old_idx = idx
         self.accepted += 1
+        if idx == self.args.corrupt:
+            data = bytes([data[0] ^ 1]) + data[1:]
         self.data += data
         self.last_ota = time.monotonic()
         if (
@@ -221,6 +224,7 @@ def main():
     ap.add_argument("--drop", type=parse_list, default=[])
     ap.add_argument("--deaf-after", type=int)
     ap.add_argument("--deaf-for", type=float, default=0.0)
+    ap.add_argument("--corrupt", type=int)
     ap.add_argument("--max-runtime", type=float, default=50.0)
     args = ap.parse_args()
 
