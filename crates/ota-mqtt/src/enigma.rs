@@ -19,6 +19,12 @@
 //!
 //! Every transfer uses its own connection (client id `<client_id>-<n>`), so several nodes can
 //! be served at once from one [`EnigmaSender`].
+//!
+//! [`deliver_package`] is the server's entry point: it sends a stored package to a device with
+//! an EnigmaIoT address and records the progress as the device's update state (DOWNLOADING
+//! with the byte count, DOWNLOADED and VERIFIED on the node's MD5 match, UPDATING then UPDATED
+//! on status 6 — the node has accepted the image and reboots into it — or FAILED with the
+//! error), through the same checked transitions as device telemetry.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +35,11 @@ use md5::{Digest as _, Md5};
 use ota_core::frame::enigma::{
     CHUNK_SIZE, EnigmaChunk, EnigmaError, EnigmaHeader, EnigmaResult, EnigmaStatus, MAX_LINE_LEN,
 };
+use ota_server::model::{Device, DeviceId, OtaPackage};
+use ota_server::service::{DeviceApi as _, Ota, ServiceError};
 use rumqttc::QoS;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::broker::{BrokerError, BrokerOptions, Connection, TopicError, check_level};
@@ -580,5 +590,105 @@ where
             }
             _ => Step::Continue,
         })
+    }
+}
+
+/// Why a stored package could not be delivered to a device over EnigmaIoT.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum EnigmaDeliverError {
+    /// The device has no EnigmaIoT address.
+    #[error("device {device} has no EnigmaIoT address")]
+    NoAddress {
+        /// The device.
+        device: DeviceId,
+    },
+    /// The package's bytes could not be read.
+    #[error("package bytes: {0}")]
+    Package(ServiceError),
+    /// The transfer failed (recorded as FAILED).
+    #[error(transparent)]
+    Send(#[from] EnigmaSendError),
+    /// The transfer succeeded but its state could not be recorded.
+    #[error("recording the update state: {0}")]
+    Record(ServiceError),
+}
+
+/// The telemetry objects (ThingsBoard keys) that record one progress event.
+fn telemetry(prefix: &str, package: &OtaPackage, p: &EnigmaProgress) -> Vec<Map<String, Value>> {
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let state = |s: &str| obj(json!({ format!("{prefix}_state"): s }));
+    match p {
+        EnigmaProgress::HeaderSent { .. } => vec![obj(json!({
+            format!("{prefix}_state"): "DOWNLOADING",
+            format!("{prefix}_progress"): 0,
+        }))],
+        EnigmaProgress::ChunkSent { bytes, .. } => {
+            vec![obj(json!({ format!("{prefix}_progress"): bytes }))]
+        }
+        EnigmaProgress::Verified => vec![state("DOWNLOADED"), state("VERIFIED")],
+        EnigmaProgress::Finished => vec![
+            state("UPDATING"),
+            obj(json!({
+                format!("current_{prefix}_title"): package.title,
+                format!("current_{prefix}_version"): package.version,
+                format!("{prefix}_state"): "UPDATED",
+            })),
+        ],
+        EnigmaProgress::Failed { error } => vec![obj(json!({
+            format!("{prefix}_state"): "FAILED",
+            format!("{prefix}_error"): error,
+        }))],
+        _ => Vec::new(),
+    }
+}
+
+/// Sends a stored package to `device` through its EnigmaIoT gateway and records the progress
+/// and final state as the device's update state (see the module docs). The package should be
+/// the device's assigned one: state changes are only recorded for an offered package.
+pub async fn deliver_package(
+    sender: &EnigmaSender,
+    ota: &Ota,
+    device: &Device,
+    package: &OtaPackage,
+) -> Result<EnigmaOutcome, EnigmaDeliverError> {
+    let address = device
+        .enigma
+        .as_ref()
+        .ok_or(EnigmaDeliverError::NoAddress { device: device.id })?;
+    let node = EnigmaNode {
+        network: address.network.clone(),
+        node: address.node.clone(),
+    };
+    let bytes = ota
+        .package_bytes(package)
+        .await
+        .map_err(EnigmaDeliverError::Package)?;
+    let prefix = package.package_type.prefix();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let send = sender.send(&node, &bytes, move |p| {
+        // The receiver lives until the transfer ends.
+        let _ = tx.send(p.clone());
+    });
+    let record = async {
+        let mut first_error = None;
+        while let Some(p) = rx.recv().await {
+            for values in telemetry(prefix, package, &p) {
+                if let Err(e) = ota.record_telemetry(device, &values).await {
+                    tracing::warn!(device = %device.id, error = %e, "cannot record EnigmaIoT progress");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error
+    };
+    let (result, record_error) = tokio::join!(send, record);
+    let outcome = result?;
+    match record_error {
+        Some(e) => Err(EnigmaDeliverError::Record(e)),
+        None => Ok(outcome),
     }
 }

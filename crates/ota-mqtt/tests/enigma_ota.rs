@@ -8,13 +8,15 @@ mod broker_support;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use broker_support::{Emulator, Mosquitto, image, sha256_hex};
+use broker_support::{Emulator, Mosquitto, image, package, service, sha256_hex};
 use ota_core::frame::enigma::{EnigmaError, EnigmaStatus};
 use ota_mqtt::broker::{BrokerOptions, TopicError};
 use ota_mqtt::enigma::{
-    EnigmaConfig, EnigmaNode, EnigmaOutcome, EnigmaProgress, EnigmaSendError, EnigmaSender, Pace,
-    header_for,
+    EnigmaConfig, EnigmaDeliverError, EnigmaNode, EnigmaOutcome, EnigmaProgress, EnigmaSendError,
+    EnigmaSender, Pace, deliver_package, header_for,
 };
+use ota_server::model::{Device, DeviceId, EnigmaAddress, PackageType, UpdateState};
+use ota_server::service::now_ms;
 use serde_json::Value;
 
 const NET: &str = "enigmaiot";
@@ -288,4 +290,86 @@ fn pace_presets_match_the_update_script() {
     assert_eq!(Pace::Fast.delay(), Duration::from_millis(20));
     assert_eq!(Pace::Medium.delay(), Duration::from_millis(60));
     assert_eq!(Pace::Slow.delay(), Duration::from_millis(180));
+}
+
+#[test]
+fn the_server_records_a_delivery_as_the_device_update_state() {
+    let broker = Mosquitto::start();
+    let rt = rt();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = image(12_000, 35);
+    let bad_img = image(3_000, 36);
+    let (ota, profile) = rt.block_on(service(dir.path()));
+    let pkg = rt.block_on(package(&ota, profile, "2.0.0", None, &img));
+    let bad_pkg = rt.block_on(package(&ota, profile, "2.0.1", None, &bad_img));
+    let device = |name: &str, fw, enigma| Device {
+        id: DeviceId::new_random(),
+        created_time: now_ms(),
+        name: name.into(),
+        profile_id: profile,
+        access_token: format!("token-{name}"),
+        firmware_id: Some(fw),
+        software_id: None,
+        enigma,
+    };
+    let address = Some(EnigmaAddress {
+        network: NET.into(),
+        node: NODE.into(),
+    });
+    let node = device("node", pkg.id, address.clone());
+    let bad_node = device("bad-node", bad_pkg.id, address);
+    let plain = device("plain", pkg.id, None);
+    for d in [&node, &bad_node, &plain] {
+        rt.block_on(ota.create_device(d)).expect("device");
+    }
+    let sender = EnigmaSender::new(
+        BrokerOptions::new("127.0.0.1", broker.port, "otad-enigma-srv"),
+        EnigmaConfig::default(),
+    );
+    let state = |d: &Device| {
+        rt.block_on(ota.store().update_state(d.id, PackageType::Firmware))
+            .expect("state")
+    };
+
+    let emu = node_emulator(broker.port, &[]);
+    let outcome = rt
+        .block_on(deliver_package(&sender, &ota, &node, &pkg))
+        .expect("deliver");
+    assert_eq!(outcome.chunks, 57);
+    assert_installed(&emu.report(Duration::from_secs(20)), &img);
+    rt.block_on(ota.flush_progress()).expect("flush");
+    let s = state(&node);
+    assert_eq!(s.state, Some(UpdateState::Updated), "{s:?}");
+    assert_eq!(s.current_version.as_deref(), Some("2.0.0"));
+    assert_eq!(s.progress, 12_000);
+    assert_eq!(s.anomalies, 0);
+
+    // A failed MD5 check is recorded as FAILED with the error.
+    let emu = node_emulator(broker.port, &["--corrupt", "3", "--max-runtime", "6"]);
+    let e = rt
+        .block_on(deliver_package(&sender, &ota, &bad_node, &bad_pkg))
+        .expect_err("corrupted");
+    assert!(
+        matches!(
+            e,
+            EnigmaDeliverError::Send(EnigmaSendError::CheckFailed { .. })
+        ),
+        "{e:?}"
+    );
+    drop(emu);
+    let s = state(&bad_node);
+    assert_eq!(s.state, Some(UpdateState::Failed), "{s:?}");
+    assert!(
+        s.error.as_deref().is_some_and(|t| t.contains("MD5")),
+        "{s:?}"
+    );
+
+    // A device without an EnigmaIoT address cannot be reached this way.
+    let e = rt
+        .block_on(deliver_package(&sender, &ota, &plain, &pkg))
+        .expect_err("no address");
+    assert!(
+        matches!(e, EnigmaDeliverError::NoAddress { device } if device == plain.id),
+        "{e:?}"
+    );
 }

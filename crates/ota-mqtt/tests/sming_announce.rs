@@ -4,12 +4,10 @@
 
 mod broker_support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use broker_support::{Mosquitto, image, sha256_hex, sming_device};
+use broker_support::{Mosquitto, image, package, service, sha256_hex, sming_device};
 use bytes::Bytes;
-use ota_core::checksum::ChecksumAlgorithm;
 use ota_core::frame::sming::{PatchEncoding, SmingError, SmingWarning};
 use ota_crypto::sming::Timestamp;
 use ota_crypto::sming::file::{Rom, WriteOptions, write_package};
@@ -18,10 +16,7 @@ use ota_mqtt::sming::{
     SmingAnnounceError, SmingAnnouncer, SmingVersion, VersionError, announce_package,
     withdraw_package,
 };
-use ota_server::blob::BlobStore;
-use ota_server::model::{OtaPackage, PackageId, PackageSource, PackageType, ProfileId};
-use ota_server::service::{Ota, ServiceConfig, UploadMeta, now_ms};
-use ota_server::store::SqlStore;
+use ota_server::model::{PackageId, PackageSource};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -291,57 +286,6 @@ fn bad_input_is_refused_with_typed_errors() {
         .block_on(SmingAnnouncer::connect(o))
         .expect_err("no broker");
     assert!(matches!(e, BrokerError::Connection(_)), "{e:?}");
-}
-
-async fn service(dir: &std::path::Path) -> (Ota, ProfileId) {
-    let store = SqlStore::connect(&format!("sqlite://{}", dir.join("ota.db").display()))
-        .await
-        .expect("store");
-    let blobs = BlobStore::local(&dir.join("blobs")).expect("blobs");
-    let ota = Ota::new(Arc::new(store), blobs, ServiceConfig::default());
-    let profile = ota_server::model::DeviceProfile {
-        id: ProfileId::new_random(),
-        created_time: now_ms(),
-        name: "sming".into(),
-        firmware_id: None,
-        software_id: None,
-    };
-    ota.store().create_profile(&profile).await.expect("profile");
-    (ota, profile.id)
-}
-
-async fn package(
-    ota: &Ota,
-    profile: ProfileId,
-    version: &str,
-    app: Option<&str>,
-    bytes: &[u8],
-) -> OtaPackage {
-    let p = OtaPackage {
-        id: PackageId::new_random(),
-        created_time: now_ms(),
-        profile_id: profile,
-        package_type: PackageType::Firmware,
-        title: "sming-fw".into(),
-        version: version.into(),
-        tag: None,
-        source: PackageSource::Pending,
-        sming_app_id: app.map(str::to_owned),
-        additional_info: None,
-    };
-    ota.store()
-        .create_package(&p)
-        .await
-        .expect("create package");
-    let meta = UploadMeta {
-        algorithm: ChecksumAlgorithm::Sha256,
-        declared: None,
-        file_name: "rom0.bin".into(),
-        content_type: "application/octet-stream".into(),
-    };
-    let body =
-        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::copy_from_slice(bytes))]);
-    ota.upload(p.id, meta, body).await.expect("upload")
 }
 
 #[test]
