@@ -692,3 +692,27 @@ pub async fn deliver_package(
         None => Ok(outcome),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{EnigmaSendError, header_for};
+    use ota_core::frame::enigma::EnigmaError;
+
+    #[test]
+    fn header_matches_the_reference_vector() {
+        // Reference §8.4: 500 bytes, byte i = i mod 256.
+        let image: Vec<u8> = (0..500usize).map(|i| i.to_le_bytes()[0]).collect();
+        let h = header_for(&image).expect("header");
+        let mut line = [0u8; 64];
+        let n = h.emit(&mut line).expect("emit");
+        assert_eq!(&line[..n], b"0,500,3,dec0592345ac3dfa172c9ec476a24c75");
+    }
+
+    #[test]
+    fn empty_image_is_refused() {
+        assert!(matches!(
+            header_for(&[]),
+            Err(EnigmaSendError::Image(EnigmaError::EmptyImage))
+        ));
+    }
+}

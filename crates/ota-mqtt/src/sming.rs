@@ -287,3 +287,42 @@ pub async fn withdraw_package(
         .await?;
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{PatchEncoding, SmingVersion, VersionError, payload, topic};
+    use proptest::prelude::*;
+
+    #[test]
+    fn payloads_match_the_reference_vectors() {
+        // Reference §8.1: patch 3 before a ROM starting e9 01 02 03.
+        let (p, prefix) = payload(3, &[0xe9, 1, 2, 3], PatchEncoding::Varint).expect("payload");
+        assert_eq!((&p[..], prefix.len), (&[3, 0xe9, 1, 2, 3][..], 1));
+        let (p, _) = payload(1_700_000_000, &[], PatchEncoding::Varint).expect("payload");
+        assert_eq!(&p[..], [0x80, 0xe2, 0xcf, 0xaa, 0x06]);
+        let (p, _) = payload(255, &[7], PatchEncoding::Byte).expect("payload");
+        assert_eq!(&p[..], [0xff, 7]);
+        assert_eq!(topic("test", 4, 3).as_deref(), Ok("a/test/u/4.3"));
+    }
+
+    proptest! {
+        #[test]
+        fn versions_round_trip(major: u32, minor: u32, patch: u32) {
+            let v = SmingVersion { major, minor, patch };
+            prop_assert_eq!(SmingVersion::parse(&v.to_string()), Ok(v));
+        }
+
+        #[test]
+        fn any_text_parses_or_fails_cleanly(text in "[0-9.x+ -]{0,16}|\\PC{0,16}") {
+            match SmingVersion::parse(&text) {
+                Ok(v) => prop_assert_eq!(
+                    SmingVersion::parse(&v.to_string()).map(|w| w == v),
+                    Ok(true)
+                ),
+                Err(VersionError::Shape(t) | VersionError::Number { version: t, .. }) => {
+                    prop_assert_eq!(t, text);
+                }
+            }
+        }
+    }
+}
