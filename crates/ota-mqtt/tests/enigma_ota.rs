@@ -159,9 +159,10 @@ fn gaps_are_resent_from_the_reported_position() {
 fn node_reboot_restarts_from_message_zero() {
     let broker = Mosquitto::start();
     let img = image(20_000, 33); // 95 chunks
-    // After chunk 30 the link drops for 2 s: chunks 31.. are lost, the node hears nothing
-    // valid for 10 s, reports status 5 and reboots; its chunk index starts again at 0.
-    let emu = node_emulator(broker.port, &["--deaf-after", "30", "--deaf-for", "2"]);
+    // After chunk 30 the link drops for 5 s: chunks 31..95 (sent within ~1.5 s) are lost, the
+    // node hears nothing valid for 10 s, reports status 5 and reboots; its chunk index starts
+    // again at 0.
+    let emu = node_emulator(broker.port, &["--deaf-after", "30", "--deaf-for", "5"]);
     let run = send(broker.port, EnigmaConfig::default(), &img);
     let outcome = run.result.expect("transfer");
     let report = emu.report(Duration::from_secs(30));
