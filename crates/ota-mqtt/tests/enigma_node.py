@@ -22,7 +22,11 @@ Node part (`processOTACommand`):
 Fault injection: `--drop 5,17` loses the first delivery of those chunk indices (ESP-NOW loss);
 `--deaf-after K --deaf-for S` loses every OTA message for S seconds after chunk K was accepted
 (link outage: the node times out, reports 5 and reboots); `--corrupt K` flips a bit of chunk K
-as written to flash (the MD5 check then fails).
+as written to flash (the MD5 check then fails); `--forget-after K` crashes and reboots the node
+silently after chunk K (no status 5); `--initial-index N` starts with `oldIdx = N`, as left by
+an earlier transfer that no reboot ended; `--lose-finals` loses the gateway's status 2 and 6
+reports (its MQTT queue holds three messages); `--noise` publishes unreadable results next to
+every real one.
 
 Prints `READY` once subscribed, then one JSON line with what it saw when the image is
 installed or `--max-runtime` has passed, and exits 0.
@@ -61,8 +65,8 @@ class Node:
         self.publish = publish
         self.lock = threading.Lock()
         self.sleepy = True
-        self.old_idx = 0  # static in the firmware: survives message 0, not a reboot
         self.reboot()
+        self.old_idx = args.initial_index  # static: survives message 0, not a reboot
         self.statuses = []
         self.violations = []
         self.headers = 0
@@ -72,6 +76,7 @@ class Node:
         self.to_drop = set(args.drop)
         self.deaf_until = None
         self.deaf_done = False
+        self.forgot = False
         self.installed = None
         self.done = threading.Event()
 
@@ -88,6 +93,12 @@ class Node:
 
     def status(self, code, last_chunk=None):
         self.statuses.append(code)
+        if self.args.noise:
+            self.publish("result/ota", "not json")
+            self.publish("result/ota", '{"status":9,"result":"?"}')
+            self.publish("result/ota", '{"status":4}')
+        if self.args.lose_finals and code in (2, 6):
+            return
         body = {}
         if last_chunk is not None:
             body["last_chunk"] = last_chunk
@@ -191,6 +202,11 @@ class Node:
         ):
             self.deaf_done = True
             self.deaf_until = time.monotonic() + self.args.deaf_for
+        if idx == self.args.forget_after and not self.forgot:
+            self.forgot = True
+            self.reboots += 1
+            self.reboot()
+            return
         if idx == self.chunks:
             digest = hashlib.md5(self.data).hexdigest().encode()
             self.status(2 if digest == self.md5 else 3)
@@ -225,6 +241,10 @@ def main():
     ap.add_argument("--deaf-after", type=int)
     ap.add_argument("--deaf-for", type=float, default=0.0)
     ap.add_argument("--corrupt", type=int)
+    ap.add_argument("--forget-after", type=int)
+    ap.add_argument("--initial-index", type=int, default=0)
+    ap.add_argument("--lose-finals", action="store_true")
+    ap.add_argument("--noise", action="store_true")
     ap.add_argument("--max-runtime", type=float, default=50.0)
     args = ap.parse_args()
 

@@ -374,3 +374,106 @@ fn the_server_records_a_delivery_as_the_device_update_state() {
         "{e:?}"
     );
 }
+
+#[test]
+fn unreadable_results_are_ignored() {
+    let broker = Mosquitto::start();
+    let img = image(4_000, 37); // 19 chunks
+    let emu = node_emulator(broker.port, &["--noise"]);
+    let run = send(broker.port, EnigmaConfig::default(), &img);
+    let outcome = run.result.expect("transfer");
+    assert_eq!((outcome.resends, outcome.restarts), (0, 0));
+    let report = emu.report(Duration::from_secs(20));
+    assert_installed(&report, &img);
+    assert_eq!(statuses(&report), [0, 2, 6]);
+}
+
+#[test]
+fn a_node_that_lost_its_state_is_restarted() {
+    let broker = Mosquitto::start();
+    let img = image(10_000, 38); // 48 chunks
+    // The node crashes after chunk 20 without a report; the next chunk gets status 1.
+    let emu = node_emulator(broker.port, &["--forget-after", "20"]);
+    let run = send(broker.port, EnigmaConfig::default(), &img);
+    let outcome = run.result.expect("transfer");
+    let report = emu.report(Duration::from_secs(20));
+    assert_installed(&report, &img);
+    assert_eq!(statuses(&report), [0, 1, 0, 2, 6]);
+    assert_eq!(outcome.restarts, 1);
+    assert!(run.progress.contains(&EnigmaProgress::Restart {
+        attempt: 1,
+        status: EnigmaStatus::StartError
+    }));
+}
+
+#[test]
+fn limits_end_a_transfer_with_typed_errors() {
+    let broker = Mosquitto::start();
+    let img = image(5_000, 39); // 24 chunks
+    let short = |emu_args: &[&str], config: EnigmaConfig| {
+        let mut args = emu_args.to_vec();
+        args.extend(["--max-runtime", "5"]);
+        let emu = node_emulator(broker.port, &args);
+        let run = send(broker.port, config, &img);
+        drop(emu);
+        let e = run.result.expect_err("limit");
+        assert!(
+            matches!(run.progress.last(), Some(EnigmaProgress::Failed { .. })),
+            "{:?}",
+            run.progress.last()
+        );
+        e
+    };
+
+    let e = short(
+        &["--drop", "5"],
+        EnigmaConfig {
+            max_resends: 0,
+            ..EnigmaConfig::default()
+        },
+    );
+    assert!(
+        matches!(e, EnigmaSendError::TooManyResends { resends: 1, .. }),
+        "{e:?}"
+    );
+
+    let e = short(
+        &["--forget-after", "5"],
+        EnigmaConfig {
+            max_restarts: 0,
+            ..EnigmaConfig::default()
+        },
+    );
+    assert!(
+        matches!(e, EnigmaSendError::TooManyRestarts { restarts: 1, .. }),
+        "{e:?}"
+    );
+
+    // The gateway lost the final reports: no status 6 within the finish timeout.
+    let e = short(
+        &["--lose-finals"],
+        EnigmaConfig {
+            finish_timeout: Duration::from_secs(2),
+            ..EnigmaConfig::default()
+        },
+    );
+    assert!(
+        matches!(e, EnigmaSendError::NoFinalReport { timeout, .. } if timeout == Duration::from_secs(2)),
+        "{e:?}"
+    );
+
+    // A node whose chunk index survived an earlier transfer (message 0 does not reset it)
+    // asks to resume past the end.
+    let e = short(&["--initial-index", "500"], EnigmaConfig::default());
+    assert!(
+        matches!(
+            e,
+            EnigmaSendError::ResumePastEnd {
+                last_chunk: 500,
+                chunks: 24,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
