@@ -140,7 +140,7 @@ pub struct Message {
 /// One connection with its event-loop task.
 pub(crate) struct Connection {
     client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
     task: JoinHandle<()>,
     ack_timeout: Duration,
     max_payload: usize,
@@ -152,14 +152,33 @@ impl Drop for Connection {
     }
 }
 
-async fn drive(
-    mut eventloop: EventLoop,
-    tx: mpsc::UnboundedSender<Result<Event, ConnectionError>>,
-) {
+/// Events kept for the waiting side; while nobody waits (an idle announcer) further events are
+/// dropped rather than piling up, and the next QoS 2 exchange discards the stale ones.
+const EVENT_BUFFER: usize = 1024;
+
+/// Whether an event is one the dialects wait for (keep-alive traffic is not).
+fn wanted(item: &Result<Event, ConnectionError>) -> bool {
+    match item {
+        Err(_) => true,
+        Ok(Event::Incoming(p)) => matches!(
+            p,
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::Publish(_) | Packet::PubComp(_)
+        ),
+        Ok(Event::Outgoing(o)) => matches!(o, Outgoing::Publish(_) | Outgoing::Disconnect),
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
     loop {
         let item = eventloop.poll().await;
         let failed = item.is_err();
-        if tx.send(item).is_err() {
+        if wanted(&item) {
+            match tx.try_send(item) {
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        if tx.is_closed() {
             return;
         }
         if failed {
@@ -177,7 +196,7 @@ impl Connection {
     ) -> Result<Self, BrokerError> {
         let mqtt = options.mqtt(client_id)?;
         let (client, eventloop) = AsyncClient::new(mqtt, 64);
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::channel(EVENT_BUFFER);
         let task = tokio::spawn(drive(eventloop, tx));
         let mut conn = Self {
             client,
@@ -263,6 +282,8 @@ impl Connection {
         payload: Bytes,
     ) -> Result<(), BrokerError> {
         self.check_size(&payload)?;
+        // What happened while nobody waited (an old error, a reconnect) is not about this call.
+        while self.events.try_recv().is_ok() {}
         self.client
             .publish_bytes(topic, QoS::ExactlyOnce, retain, payload)
             .await
