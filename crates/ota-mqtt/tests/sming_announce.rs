@@ -352,3 +352,24 @@ fn stored_packages_are_announced_by_their_sming_app_id() {
         "none"
     );
 }
+
+#[test]
+fn credentials_are_sent_and_a_refusal_is_typed() {
+    let broker = Mosquitto::start_with_password("otad", "s3cret");
+    let rt = rt();
+    let mut o = options(broker.port, "otad-sming-auth");
+    for login in [None, Some(("otad", "wrong")), Some(("nobody", "s3cret"))] {
+        o.credentials = login.map(|(u, p)| (u.to_owned(), p.to_owned()));
+        let e = rt
+            .block_on(SmingAnnouncer::connect(o.clone()))
+            .expect_err("refused");
+        assert!(matches!(e, BrokerError::Refused(_)), "{login:?}: {e:?}");
+    }
+    o.credentials = Some(("otad".into(), "s3cret".into()));
+    let announcer = rt.block_on(SmingAnnouncer::connect(o)).expect("connect");
+    let a = rt
+        .block_on(announcer.announce("auth", v("1.0.1"), Bytes::from_static(b"rom")))
+        .expect("announce");
+    assert_eq!(a.payload_len, 4);
+    rt.block_on(announcer.close());
+}

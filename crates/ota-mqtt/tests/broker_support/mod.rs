@@ -54,8 +54,38 @@ impl Mosquitto {
     /// Starts a broker on a free port: listener 127.0.0.1 only, anonymous clients, messages
     /// up to MQTT's maximum size, no persistence.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Same, but only user `user` with password `password` may connect.
+    pub fn start_with_password(user: &str, password: &str) -> Self {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(login: Option<(&str, &str)>) -> Self {
         let binary = mosquitto_binary();
         let dir = tempfile::tempdir().expect("tempdir");
+        let auth = match login {
+            None => "allow_anonymous true\n".to_owned(),
+            Some((user, password)) => {
+                let file = dir.path().join("passwd");
+                let tool = binary.with_file_name("mosquitto_passwd");
+                let tool = if tool.is_file() {
+                    tool
+                } else {
+                    PathBuf::from("mosquitto_passwd")
+                };
+                let out = Command::new(&tool)
+                    .arg("-c")
+                    .arg("-b")
+                    .arg(&file)
+                    .args([user, password])
+                    .output()
+                    .unwrap_or_else(|e| panic!("mosquitto_passwd: {e}; {SETUP_HINT}"));
+                assert!(out.status.success(), "mosquitto_passwd failed: {out:?}");
+                format!("allow_anonymous false\npassword_file {}\n", file.display())
+            }
+        };
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -66,7 +96,7 @@ impl Mosquitto {
             let mut f = std::fs::File::create(&conf).expect("config");
             writeln!(
                 f,
-                "listener {port} 127.0.0.1\nallow_anonymous true\n\
+                "listener {port} 127.0.0.1\n{auth}\
                  message_size_limit 268435455\npersistence false\nlog_dest stderr\nlog_type error\n"
             )
             .expect("write config");
