@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs on a fresh Debian machine, idempotently:
-# Python reference implementations (mmh3, PyNaCl), third-party clients (ThingsBoard SDK, aiocoap), the S3-compatible test server (moto) and
-# the PostgreSQL server binaries. Quick when everything is already present.
+# Python reference implementations (mmh3, PyNaCl), the S3-compatible test server (moto) and
+# the PostgreSQL server binaries, the MQTT 3.1.1 client the Sming and EnigmaIoT emulators use
+# (paho), and aiocoap as a second CoAP client. Quick when everything is already present.
 set -euo pipefail
 
-PY_PKGS=("mmh3==5.3.1" "pynacl==1.6.2" "moto[server]==5.2.5" "tb-mqtt-client==1.13.14" "aiocoap==0.4.17")
+PY_PKGS=("mmh3==5.3.1" "pynacl==1.6.2" "moto[server]==5.2.5" "tb-mqtt-client==1.13.14"
+         "tb-paho-mqtt-client==2.1.2" "aiocoap==0.4.17")
 
 need_pip=()
 python3 -c 'import mmh3' 2>/dev/null || need_pip+=("${PY_PKGS[0]}")
 python3 -c 'import nacl.bindings' 2>/dev/null || need_pip+=("${PY_PKGS[1]}")
 command -v moto_server >/dev/null 2>&1 || need_pip+=("${PY_PKGS[2]}")
 python3 -c 'import tb_device_mqtt' 2>/dev/null || need_pip+=("${PY_PKGS[3]}")
-python3 -c 'import aiocoap' 2>/dev/null || need_pip+=("${PY_PKGS[4]}")
+# `paho.mqtt.client` with the 2.x callback API. ThingsBoard's SDK depends on its paho fork
+# `tb-paho-mqtt-client` (paho-mqtt 2.1.0 plus one loop fix), which installs the same `paho`
+# package; pinning the fork rather than upstream `paho-mqtt` keeps a single owner of those files.
+python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion' 2>/dev/null || need_pip+=("${PY_PKGS[4]}")
+python3 -c 'import aiocoap' 2>/dev/null || need_pip+=("${PY_PKGS[5]}")
 if [ ${#need_pip[@]} -gt 0 ]; then
     echo "setup: pip install ${need_pip[*]}"
     python3 -m pip install --quiet "${need_pip[@]}"

@@ -5,11 +5,20 @@
 //! name, and update with ThingsBoard's device API (`v1/devices/me/...`, `v2/fw|sw/...`), so
 //! unmodified ThingsBoard device SDKs work against it. Every reply goes to the asking
 //! session only; the rules live in `ota-server`'s [`DeviceApi`](ota_server::service::DeviceApi).
+//!
+//! The `broker` feature publishes through an external broker instead: the Sming retained
+//! announce ([`sming`]) and the EnigmaIoT OTA stream ([`enigma`]).
 
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod chunk;
+#[cfg(feature = "broker")]
+pub mod enigma;
 pub mod filter;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "broker")]
+pub mod sming;
 
 #[cfg(feature = "server")]
 pub use server::{MqttConfig, RateLimits, serve};
