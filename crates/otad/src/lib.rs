@@ -2,7 +2,8 @@
 //!
 //! The OTA server daemon: `ota-server`'s REST API and `/metrics`, and the device endpoint of
 //! every transport — ThingsBoard's HTTP device API (on the REST server or its own port), its
-//! CoAP device API (UDP) and its MQTT device API (TCP, optionally TLS) — over one service,
+//! CoAP device API (UDP) and its MQTT device API (TCP, and TLS with optional client
+//! certificates, see `ota_mqtt::server::TlsConfig`) — over one service,
 //! on the embedded default (SQLite + a local blob directory) or the scale-out one
 //! (PostgreSQL + S3), from one [`Config`].
 //!
@@ -30,6 +31,9 @@ pub enum RunError {
     /// Storage could not be opened, or the REST server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The MQTT TLS certificate, key or client CA cannot be used.
+    #[error("MQTT TLS: {0}")]
+    Tls(#[from] ota_mqtt::server::TlsError),
     /// A listener could not be bound.
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind {
@@ -120,6 +124,36 @@ pub async fn run(
         tracing::info!(addr = %bound, "MQTT listening");
         tasks.0.push(tokio::spawn(ota_mqtt::serve(
             l,
+            api.clone(),
+            ota_mqtt::MqttConfig::default(),
+        )));
+    }
+
+    let tls = &config.mqtt.tls;
+    if tls.enabled {
+        let material = ota_mqtt::server::TlsConfig::from_pem_files(
+            &tls.cert_file,
+            &tls.key_file,
+            tls.client_ca_file.as_deref(),
+            tls.require_client_cert,
+        )?;
+        let l = tcp("MQTT over TLS", tls.listen).await?;
+        let bound = local("MQTT over TLS", tls.listen, l.local_addr())?;
+        let client_certificates = if tls.client_ca_file.is_none() {
+            "off"
+        } else if tls.require_client_cert {
+            "required"
+        } else {
+            "optional"
+        };
+        tracing::info!(
+            client_certificates = %client_certificates,
+            addr = %bound,
+            "MQTT TLS listening"
+        );
+        tasks.0.push(tokio::spawn(ota_mqtt::server::serve_tls(
+            l,
+            material,
             api.clone(),
             ota_mqtt::MqttConfig::default(),
         )));
