@@ -45,14 +45,26 @@ impl Otad {
     /// `tables` (TOML tables) appended to the configuration file, and waits until it
     /// reports its listeners.
     pub fn start(tables: &str) -> Self {
+        Self::start_on(None, tables)
+    }
+
+    /// [`Self::start`] on `(database_url, blob_url)` instead of SQLite + local blobs.
+    pub fn start_on(storage: Option<(&str, &str)>, tables: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("otad.toml");
+        let (db, blobs) = storage.map_or_else(
+            || {
+                (
+                    format!("sqlite://{}", dir.path().join("ota.db").display()),
+                    format!("file://{}", dir.path().join("blobs").display()),
+                )
+            },
+            |(d, b)| (d.to_owned(), b.to_owned()),
+        );
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nblob_url = \"file://{}\"\nadmin_username = \"admin\"\nadmin_password = \"pw\"\n{tables}",
-                dir.path().join("ota.db").display(),
-                dir.path().join("blobs").display(),
+                "listen = \"127.0.0.1:0\"\ndatabase_url = \"{db}\"\nblob_url = \"{blobs}\"\nadmin_username = \"admin\"\nadmin_password = \"pw\"\n{tables}"
             ),
         )
         .expect("write config");
