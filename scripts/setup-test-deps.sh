@@ -32,6 +32,8 @@ command -v mosquitto >/dev/null 2>&1 || apt_pkgs+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || apt_pkgs+=(mosquitto-clients)
 command -v coap-client-notls >/dev/null 2>&1 || apt_pkgs+=(libcoap3-bin)
 command -v curl >/dev/null 2>&1 || apt_pkgs+=(curl)
+# Certificates for the MQTT-over-TLS tests are made with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || apt_pkgs+=(openssl)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
     echo "setup: apt-get install ${apt_pkgs[*]}"
     SUDO=""

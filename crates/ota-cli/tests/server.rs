@@ -15,7 +15,7 @@ fn otad_binary() -> PathBuf {
     let target_dir = profile_dir.parent().expect("target directory");
     let mut build = Command::new(env!("CARGO"));
     build
-        .args(["build", "--quiet", "-p", "ota-server", "--bin", "otad"])
+        .args(["build", "--quiet", "-p", "otad", "--bin", "otad"])
         .arg("--target-dir")
         .arg(target_dir);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
@@ -39,6 +39,8 @@ impl Otad {
         let mut child = Command::new(otad_binary())
             .current_dir(dir.path())
             .env("OTAD_LISTEN", "127.0.0.1:0")
+            .env("OTAD_COAP_LISTEN", "127.0.0.1:0")
+            .env("OTAD_MQTT_LISTEN", "127.0.0.1:0")
             .env(
                 "OTAD_DATABASE_URL",
                 format!("sqlite://{}", dir.path().join("ota.db").display()),

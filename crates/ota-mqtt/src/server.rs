@@ -8,14 +8,22 @@
 //! ota_mqtt::serve(listener, api, ota_mqtt::MqttConfig::default()).await;
 //! # Ok(()) }
 //! ```
+//!
+//! [`serve_tls`] serves the same endpoint over TLS (rustls), optionally verifying client
+//! certificates against a CA; see [`TlsConfig`] for how a certificate identifies a device.
 
 mod session;
+mod tls;
 
+pub use tls::{ClientAuth, TlsConfig, TlsError, certificate_fingerprint};
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mqtt_endpoint_tokio::mqtt_ep::transport::{TcpTransport, TlsTransport};
 use ota_server::service::DeviceApi;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// The largest MQTT packet ThingsBoard accepts (`NETTY_MAX_PAYLOAD_SIZE`).
 pub const DEFAULT_MAX_PACKET_SIZE: u32 = 65_536;
@@ -82,10 +90,69 @@ impl Default for MqttConfig {
 pub async fn serve(listener: TcpListener, api: Arc<dyn DeviceApi>, config: MqttConfig) {
     let config = Arc::new(config);
     loop {
+        let (sock, peer) = accept(&listener).await;
+        tokio::spawn(session::run(
+            TcpTransport::from_stream(sock),
+            peer,
+            None,
+            api.clone(),
+            config.clone(),
+        ));
+    }
+}
+
+/// [`serve`] over TLS: each accepted connection completes its TLS handshake (within
+/// [`MqttConfig::connect_timeout`]) before MQTT starts; a failed handshake — a client
+/// without a certificate when one is required, or with one the CA did not sign — closes
+/// that connection only.
+///
+/// ```no_run
+/// # async fn run(api: std::sync::Arc<dyn ota_server::service::DeviceApi>) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::path::Path;
+/// let tls = ota_mqtt::server::TlsConfig::from_pem_files(
+///     Path::new("server.pem"),
+///     Path::new("server.key"),
+///     Some(Path::new("ca.pem")),
+///     true,
+/// )?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8884").await?;
+/// ota_mqtt::server::serve_tls(listener, tls, api, ota_mqtt::MqttConfig::default()).await;
+/// # Ok(()) }
+/// ```
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: TlsConfig,
+    api: Arc<dyn DeviceApi>,
+    config: MqttConfig,
+) {
+    let config = Arc::new(config);
+    loop {
+        let (sock, peer) = accept(&listener).await;
+        let (tls, api, config) = (tls.clone(), api.clone(), config.clone());
+        tokio::spawn(async move {
+            let Some((stream, certificate)) = tls.accept(sock, peer, config.connect_timeout).await
+            else {
+                return;
+            };
+            session::run(
+                TlsTransport::from_stream(stream),
+                peer,
+                certificate,
+                api,
+                config,
+            )
+            .await;
+        });
+    }
+}
+
+/// The next connection, with `TCP_NODELAY` set.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
-                tokio::spawn(session::run(sock, peer, api.clone(), config.clone()));
+                return (sock, peer);
             }
             Err(e) => {
                 // Out of file descriptors and similar: wait a moment instead of spinning.

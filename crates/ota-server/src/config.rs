@@ -1,7 +1,32 @@
-//! `otad` configuration: a TOML file, then `OTAD_*` environment variables on top.
+//! `otad` configuration: a TOML file, then `OTAD_*` environment variables (or the command
+//! line flags that stand for them) on top.
+//!
+//! Besides the REST API, `otad` is the device endpoint of every transport; each one has a
+//! table of its own:
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"          # REST, /metrics and (by default) the HTTP device API
+//!
+//! [http]
+//! # listen = "127.0.0.1:8081"        # the HTTP device API on its own port instead
+//!
+//! [coap]
+//! listen = "127.0.0.1:5683"          # UDP; `enabled = false` turns it off
+//!
+//! [mqtt]
+//! listen = "127.0.0.1:1884"          # plain TCP; `enabled = false` turns it off
+//!
+//! [mqtt.tls]                         # MQTT over TLS, off unless enabled
+//! enabled = true
+//! listen = "127.0.0.1:8884"
+//! cert_file = "server.pem"           # PEM chain, leaf first
+//! key_file = "server.key"            # PEM private key (PKCS#8, PKCS#1 or SEC1)
+//! client_ca_file = "ca.pem"          # verify client certificates against these CAs
+//! require_client_cert = true         # refuse clients without a valid certificate
+//! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -68,6 +93,98 @@ pub struct Config {
     pub progress_flush_secs: u64,
     /// Namespace of the PostgreSQL NOTIFY channel shared by replicas (`OTAD_NOTIFY_NAMESPACE`).
     pub notify_namespace: String,
+    /// The HTTP device API (`[http]`).
+    pub http: HttpSettings,
+    /// The CoAP device API (`[coap]`).
+    pub coap: CoapSettings,
+    /// The MQTT device API (`[mqtt]`).
+    pub mqtt: MqttSettings,
+}
+
+/// Where the HTTP device API (`/api/v1/{token}/…`) is served.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Its own listen address (`OTAD_HTTP_LISTEN`); unset (or `rest` in the environment)
+    /// mounts it on the REST server.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The CoAP (UDP) device API.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoapSettings {
+    /// Whether it is served.
+    pub enabled: bool,
+    /// UDP listen address (`OTAD_COAP_LISTEN`, or `off`).
+    pub listen: SocketAddr,
+}
+
+impl Default for CoapSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5683)),
+        }
+    }
+}
+
+/// The MQTT device API: plain TCP and, optionally, TLS.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSettings {
+    /// Whether the plain TCP listener is served.
+    pub enabled: bool,
+    /// Plain TCP listen address (`OTAD_MQTT_LISTEN`, or `off`). Not 1883 by default, so
+    /// that `otad` starts next to a local broker.
+    pub listen: SocketAddr,
+    /// The TLS listener (`[mqtt.tls]`).
+    pub tls: MqttTlsSettings,
+}
+
+impl Default for MqttSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 1884)),
+            tls: MqttTlsSettings::default(),
+        }
+    }
+}
+
+/// MQTT over TLS, with optional client-certificate authentication.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttTlsSettings {
+    /// Whether the TLS listener is served (`OTAD_MQTT_TLS_LISTEN` set to an address turns it
+    /// on, `off` turns it off).
+    pub enabled: bool,
+    /// TLS listen address.
+    pub listen: SocketAddr,
+    /// Server certificate chain, PEM, leaf first (`OTAD_MQTT_TLS_CERT_FILE`).
+    pub cert_file: PathBuf,
+    /// Server private key, PEM (`OTAD_MQTT_TLS_KEY_FILE`).
+    pub key_file: PathBuf,
+    /// CA certificates, PEM, that client certificates are verified against
+    /// (`OTAD_MQTT_TLS_CLIENT_CA_FILE`); unset means client certificates are not asked for.
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse the TLS handshake of a client without a valid certificate
+    /// (`OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT`); needs `client_ca_file`. When false, a
+    /// certificate is verified if one is presented.
+    pub require_client_cert: bool,
+}
+
+impl Default for MqttTlsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8884)),
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            client_ca_file: None,
+            require_client_cert: false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -94,6 +211,9 @@ impl Default for Config {
             update_timeout_secs: 3600,
             progress_flush_secs: 5,
             notify_namespace: "default".into(),
+            http: HttpSettings::default(),
+            coap: CoapSettings::default(),
+            mqtt: MqttSettings::default(),
         }
     }
 }
@@ -101,6 +221,15 @@ impl Default for Config {
 impl Config {
     /// Reads `path` (if given) and applies the environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(path, |k| std::env::var(k).ok())
+    }
+
+    /// Reads `path` (if given) and applies the `OTAD_*` settings read through `get` (the
+    /// environment, or command line flags in front of it), then checks the result.
+    pub fn load_with(
+        path: Option<&Path>,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut c = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -114,9 +243,21 @@ impl Config {
             }
             None => Self::default(),
         };
-        c.apply_env(|k| std::env::var(k).ok())?;
+        c.apply_env(get)?;
         if c.admin_password.is_empty() {
             return Err(ConfigError::Missing("admin_password"));
+        }
+        let tls = &c.mqtt.tls;
+        if tls.enabled {
+            if tls.cert_file.as_os_str().is_empty() {
+                return Err(ConfigError::Missing("mqtt.tls.cert_file"));
+            }
+            if tls.key_file.as_os_str().is_empty() {
+                return Err(ConfigError::Missing("mqtt.tls.key_file"));
+            }
+            if tls.require_client_cert && tls.client_ca_file.is_none() {
+                return Err(ConfigError::Missing("mqtt.tls.client_ca_file"));
+            }
         }
         if c.blob_url.is_empty() {
             let dir = std::env::current_dir().map_err(|source| ConfigError::Read {
@@ -135,6 +276,24 @@ impl Config {
 
     /// Applies `OTAD_*` variables read through `get`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        /// `off` disables a listener; an address enables it there.
+        fn switch(
+            name: &'static str,
+            v: &str,
+            current: SocketAddr,
+        ) -> Result<(bool, SocketAddr), ConfigError> {
+            if v == "off" {
+                Ok((false, current))
+            } else {
+                v.parse()
+                    .map(|a| (true, a))
+                    .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                        name,
+                        value: v.to_owned(),
+                        reason: e.to_string(),
+                    })
+            }
+        }
         fn num<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
         where
             T::Err: std::fmt::Display,
@@ -169,6 +328,37 @@ impl Config {
         if let Some(v) = get("OTAD_MAX_UPLOAD_BYTES") {
             self.max_upload_bytes = num("OTAD_MAX_UPLOAD_BYTES", &v)?;
         }
+        if let Some(v) = get("OTAD_HTTP_LISTEN") {
+            self.http.listen = if v.is_empty() || v == "rest" {
+                None
+            } else {
+                Some(num("OTAD_HTTP_LISTEN", &v)?)
+            };
+        }
+        if let Some(v) = get("OTAD_COAP_LISTEN") {
+            (self.coap.enabled, self.coap.listen) =
+                switch("OTAD_COAP_LISTEN", &v, self.coap.listen)?;
+        }
+        if let Some(v) = get("OTAD_MQTT_LISTEN") {
+            (self.mqtt.enabled, self.mqtt.listen) =
+                switch("OTAD_MQTT_LISTEN", &v, self.mqtt.listen)?;
+        }
+        let tls = &mut self.mqtt.tls;
+        if let Some(v) = get("OTAD_MQTT_TLS_LISTEN") {
+            (tls.enabled, tls.listen) = switch("OTAD_MQTT_TLS_LISTEN", &v, tls.listen)?;
+        }
+        if let Some(v) = get("OTAD_MQTT_TLS_CERT_FILE") {
+            tls.cert_file = v.into();
+        }
+        if let Some(v) = get("OTAD_MQTT_TLS_KEY_FILE") {
+            tls.key_file = v.into();
+        }
+        if let Some(v) = get("OTAD_MQTT_TLS_CLIENT_CA_FILE") {
+            tls.client_ca_file = (!v.is_empty()).then(|| v.into());
+        }
+        if let Some(v) = get("OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT") {
+            tls.require_client_cert = num("OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT", &v)?;
+        }
         Ok(())
     }
 
@@ -195,6 +385,70 @@ mod tests {
             .expect("env");
         assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 1)));
         assert_eq!(c.admin_password, "x");
+    }
+
+    #[test]
+    fn transport_listeners_from_file_and_env() {
+        let c = Config::default();
+        assert_eq!(c.http.listen, None, "HTTP device API on the REST server");
+        assert!(c.coap.enabled && c.mqtt.enabled && !c.mqtt.tls.enabled);
+        assert_ne!(c.mqtt.listen.port(), 1883, "a local broker holds 1883");
+
+        let mut c = Config::from_toml(
+            "[http]\nlisten = \"127.0.0.1:8081\"\n[coap]\nenabled = false\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[mqtt.tls]\nenabled = true\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.pem\"\nrequire_client_cert = true\n",
+        )
+        .expect("toml");
+        assert_eq!(
+            c.http.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8081)))
+        );
+        assert!(!c.coap.enabled);
+        assert_eq!(c.mqtt.listen.port(), 0);
+        assert_eq!(c.mqtt.tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(c.mqtt.tls.require_client_cert);
+
+        c.apply_env(|k| match k {
+            "OTAD_HTTP_LISTEN" => Some("rest".into()),
+            "OTAD_COAP_LISTEN" => Some("127.0.0.1:0".into()),
+            "OTAD_MQTT_LISTEN" => Some("off".into()),
+            "OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT" => Some("false".into()),
+            _ => None,
+        })
+        .expect("env");
+        assert_eq!(c.http.listen, None);
+        assert!(c.coap.enabled && c.coap.listen.port() == 0);
+        assert!(!c.mqtt.enabled);
+        assert!(!c.mqtt.tls.require_client_cert);
+    }
+
+    #[test]
+    fn tls_without_its_files_is_refused() {
+        let err = Config::load_with(None, |k| match k {
+            "OTAD_ADMIN_PASSWORD" => Some("pw".into()),
+            "OTAD_BLOB_URL" => Some("file:///tmp/blobs".into()),
+            "OTAD_MQTT_TLS_LISTEN" => Some("127.0.0.1:0".into()),
+            _ => None,
+        })
+        .expect_err("no certificate");
+        assert!(err.to_string().contains("mqtt.tls.cert_file"), "{err}");
+        let err = Config::load_with(None, |k| match k {
+            "OTAD_ADMIN_PASSWORD" => Some("pw".into()),
+            "OTAD_BLOB_URL" => Some("file:///tmp/blobs".into()),
+            "OTAD_MQTT_TLS_LISTEN" => Some("127.0.0.1:0".into()),
+            "OTAD_MQTT_TLS_CERT_FILE" => Some("s.pem".into()),
+            "OTAD_MQTT_TLS_KEY_FILE" => Some("s.key".into()),
+            "OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT" => Some("true".into()),
+            _ => None,
+        })
+        .expect_err("no client CA");
+        assert!(err.to_string().contains("mqtt.tls.client_ca_file"), "{err}");
+        let mut c = Config::default();
+        let err = c
+            .apply_env(|k| (k == "OTAD_COAP_LISTEN").then(|| "udp:5683".to_owned()))
+            .expect_err("address");
+        assert!(err.to_string().contains("OTAD_COAP_LISTEN"), "{err}");
+        let err = Config::from_toml("[mqtt]\nport = 1\n").expect_err("unknown key");
+        assert!(err.contains("port"), "{err}");
     }
 
     #[test]

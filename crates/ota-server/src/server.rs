@@ -1,4 +1,5 @@
-//! Wiring: store + blobs + service + REST + `/metrics`, served on a bound listener.
+//! Wiring: store + blobs + service + REST + `/metrics`, served on a bound listener. The
+//! `otad` crate adds the device transports on top.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -89,6 +90,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (app, ota) = build(config).await?;
+    serve_app(listener, app, ota, shutdown).await
+}
+
+/// Serves `app` (the app from [`build`], possibly with more routes merged in) on an
+/// already-bound listener until `shutdown` completes, running `ota`'s background work
+/// (progress writes, expiry of stuck updates); then drains requests, writes pending progress
+/// and returns.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    ota: Arc<Ota>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let background = {
         let ota = ota.clone();
         let every = ota.config().progress_flush;

@@ -14,6 +14,7 @@ use mqtt_endpoint_tokio::mqtt_ep::{
         SubackReasonCode, SubackReturnCode, UnsubackReasonCode,
     },
     role,
+    transport::TransportOps,
 };
 use ota_core::frame::thingsboard::AttributesRequest;
 use ota_core::topic::{Field, Kind, RequestId, Topic, TopicError};
@@ -21,7 +22,6 @@ use ota_server::model::{Device, OtaPackage, PackageType};
 use ota_server::rules::AttributePush;
 use ota_server::service::{DeviceApi, ServiceError};
 use serde_json::{Map, Value};
-use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 
 use super::MqttConfig;
@@ -75,10 +75,12 @@ const fn package_type(kind: Kind) -> PackageType {
     }
 }
 
-/// Runs one connection to its end.
-pub(super) async fn run(
-    sock: TcpStream,
+/// Runs one connection (plain TCP or an accepted TLS stream) to its end. `certificate` is
+/// the SHA-256 fingerprint of the verified client certificate, if the client presented one.
+pub(super) async fn run<T: TransportOps + Send + 'static>(
+    transport: T,
     peer: SocketAddr,
+    certificate: Option<String>,
     api: Arc<dyn DeviceApi>,
     config: Arc<MqttConfig>,
 ) {
@@ -93,7 +95,6 @@ pub(super) async fn run(
     else {
         return;
     };
-    let transport = mqtt_ep::transport::TcpTransport::from_stream(sock);
     if let Err(e) = ep
         .attach_with_options(transport, Mode::Server, option)
         .await
@@ -114,7 +115,7 @@ pub(super) async fn run(
             }
         }
     });
-    let end = match connect(&ep, rx, peer, api, config).await {
+    let end = match connect(&ep, rx, peer, certificate, api, config).await {
         Err(End::Close(reason)) => Some(reason),
         Ok(()) | Err(End::Gone) => None,
     };
@@ -135,6 +136,7 @@ async fn connect(
     ep: &Arc<Ep>,
     mut inbox: Inbox,
     peer: SocketAddr,
+    certificate: Option<String>,
     api: Arc<dyn DeviceApi>,
     config: Arc<MqttConfig>,
 ) -> Result<(), End> {
@@ -146,29 +148,8 @@ async fn connect(
         Some(Ok(Packet::V5_0Connect(c))) => (true, c.user_name().map(str::to_owned)),
         _ => return Err(End::Gone),
     };
-    let token = user.filter(|u| !u.is_empty());
-    let outcome = match &token {
-        // ThingsBoard falls back to MQTT-basic credentials keyed by client id, which this
-        // server does not have: the same refusal it gives when those are missing.
-        None => Err((
-            ConnectReasonCode::ClientIdentifierNotValid,
-            ConnectReturnCode::IdentifierRejected,
-        )),
-        Some(t) => match api.authenticate(t).await {
-            Ok(Some(device)) => Ok(device),
-            Ok(None) => Err((
-                ConnectReasonCode::BadUserNameOrPassword,
-                ConnectReturnCode::NotAuthorized,
-            )),
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "MQTT authentication failed");
-                Err((
-                    ConnectReasonCode::ServerUnavailable,
-                    ConnectReturnCode::ServerUnavailable,
-                ))
-            }
-        },
-    };
+    let user = user.filter(|u| !u.is_empty());
+    let outcome = authenticate(api.as_ref(), peer, certificate, user).await;
     let (reason, code) = match &outcome {
         Ok(_) => (ConnectReasonCode::Success, ConnectReturnCode::Accepted),
         Err(codes) => *codes,
@@ -191,11 +172,8 @@ async fn connect(
             .map_err(|_| End::Gone)?;
         ep.send(c).await?;
     }
-    let Ok(device) = outcome else {
-        tracing::debug!(%peer, "MQTT connection refused: bad token");
-        return Err(End::Gone);
-    };
-    let Some(token) = token else {
+    let Ok((token, device)) = outcome else {
+        tracing::debug!(%peer, "MQTT connection refused: bad credentials");
         return Err(End::Gone);
     };
     tracing::debug!(%peer, device = %device.id, v5, "MQTT device connected");
@@ -212,6 +190,46 @@ async fn connect(
         inflight: 0,
     };
     s.run(inbox, events).await
+}
+
+type Refusal = (ConnectReasonCode, ConnectReturnCode);
+
+/// Finds the device of a connection: the verified client certificate's fingerprint when it
+/// is a device's credentials (ThingsBoard's X.509 mode), else the user name as access token.
+/// Returns the credentials that matched and the device.
+async fn authenticate(
+    api: &dyn DeviceApi,
+    peer: SocketAddr,
+    certificate: Option<String>,
+    user: Option<String>,
+) -> Result<(String, Device), Refusal> {
+    let unavailable = |e: ServiceError| {
+        tracing::warn!(%peer, error = %e, "MQTT authentication failed");
+        (
+            ConnectReasonCode::ServerUnavailable,
+            ConnectReturnCode::ServerUnavailable,
+        )
+    };
+    if let Some(fingerprint) = certificate
+        && let Some(device) = api.authenticate(&fingerprint).await.map_err(unavailable)?
+    {
+        return Ok((fingerprint, device));
+    }
+    // ThingsBoard falls back to MQTT-basic credentials keyed by client id, which this server
+    // does not have: the same refusal it gives when those are missing.
+    let Some(token) = user else {
+        return Err((
+            ConnectReasonCode::ClientIdentifierNotValid,
+            ConnectReturnCode::IdentifierRejected,
+        ));
+    };
+    match api.authenticate(&token).await.map_err(unavailable)? {
+        Some(device) => Ok((token, device)),
+        None => Err((
+            ConnectReasonCode::BadUserNameOrPassword,
+            ConnectReturnCode::NotAuthorized,
+        )),
+    }
 }
 
 struct Session {

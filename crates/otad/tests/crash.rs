@@ -554,7 +554,7 @@ async fn kill_9_during_uploads_and_assignments_loses_nothing_acknowledged() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nblob_url = \"file://{}\"\nadmin_username = \"admin\"\nadmin_password = \"pw\"\njwt_secret = \"{SECRET}\"\nmax_upload_bytes = {}\n",
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nblob_url = \"file://{}\"\nadmin_username = \"admin\"\nadmin_password = \"pw\"\njwt_secret = \"{SECRET}\"\nmax_upload_bytes = {}\n[coap]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("ota.db").display(),
             dir.path().join("blobs").display(),
             2 * BIG

@@ -12,7 +12,7 @@ fn otad_serves_and_shuts_down_gracefully() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nblob_url = \"file://{}\"\nadmin_username = \"admin\"\n",
+            "listen = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\nblob_url = \"file://{}\"\nadmin_username = \"admin\"\n[coap]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n",
             dir.path().join("ota.db").display(),
             dir.path().join("blobs").display()
         ),
