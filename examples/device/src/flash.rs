@@ -36,6 +36,17 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// A flash failure as an I/O error: of kind [`io::ErrorKind::Interrupted`] when the chip has
+/// lost power (a power cut, which the transports' device clients stop on without reporting
+/// anything), else `Other`.
+fn flash_err(flash: &SimFlash, e: impl std::fmt::Display) -> io::Error {
+    if flash.is_powered() {
+        io_err(e)
+    } else {
+        io::Error::new(io::ErrorKind::Interrupted, format!("power cut: {e}"))
+    }
+}
+
 /// The chip, persisted in a file so a new power cycle (or process) sees what the last wrote.
 #[derive(Debug)]
 pub struct Chip {
@@ -48,6 +59,44 @@ impl Chip {
         Ok(Self {
             flash: SimFlash::open_file(path, CAPACITY)?,
         })
+    }
+
+    /// An erased chip in memory whose torn operations draw from `seed` (simulations).
+    pub fn in_memory(seed: u64) -> Self {
+        Self {
+            flash: SimFlash::with_seed(CAPACITY, seed),
+        }
+    }
+
+    /// Schedules a power cut at the `n`th flash operation from now (`n ≥ 1`; reads, programs
+    /// and erases all count): that operation is torn as `ota-testkit`'s flash tears it, and
+    /// every later one fails until [`Chip::power_on`].
+    pub fn cut_at(&self, n: u64) {
+        self.flash.cut_after(n.saturating_sub(1));
+    }
+
+    /// `false` once a scheduled power cut has happened.
+    pub fn is_powered(&self) -> bool {
+        self.flash.is_powered()
+    }
+
+    /// Restores power after a cut; the contents stay as the cut left them.
+    pub fn power_on(&self) {
+        self.flash.power_on();
+    }
+
+    /// Flash operations since the chip was opened.
+    pub fn op_count(&self) -> u64 {
+        self.flash.op_count()
+    }
+
+    /// A copy of the first `len` bytes of `slot` (at most the slot), taken without a flash
+    /// operation: what an observer (a test) sees, not what the device does.
+    pub fn peek_slot(&self, slot: Slot, len: usize) -> Vec<u8> {
+        let start = SLOTS_AT + usize::from(slot.index()) * SLOT_LEN;
+        let mut bytes = self.flash.contents();
+        bytes.truncate(start + len.min(SLOT_LEN));
+        bytes.split_off(start.min(bytes.len()))
     }
 
     fn part(&self, at: usize, len: usize) -> io::Result<SimFlash> {
@@ -82,7 +131,10 @@ impl Chip {
     /// The header of the image in `slot`: what that slot runs.
     pub fn header(&self, slot: Slot) -> io::Result<Header> {
         let mut head = [0u8; HEADER_LEN];
-        self.slot(slot)?.read(0, &mut head).map_err(io_err)?;
+        let mut flash = self.slot(slot)?;
+        flash
+            .read(0, &mut head)
+            .map_err(|e| flash_err(&self.flash, e))?;
         Header::parse(&head).map_err(|e| io_err(format!("slot {slot}: {e}")))
     }
 }
@@ -108,7 +160,8 @@ impl CheckpointArea {
     /// The stored record, `None` when the sector is erased.
     pub fn load(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut record = vec![0u8; CHECKPOINT_LEN];
-        self.flash.read(0, &mut record).map_err(io_err)?;
+        let result = self.flash.read(0, &mut record);
+        result.map_err(|e| flash_err(&self.flash, e))?;
         Ok((!record.iter().all(|&b| b == 0xFF)).then_some(record))
     }
 
@@ -121,13 +174,16 @@ impl CheckpointArea {
 
     /// Replaces the record.
     pub fn save(&mut self, record: &[u8; CHECKPOINT_LEN]) -> io::Result<()> {
-        self.flash.erase(0, Self::sector()).map_err(io_err)?;
-        self.flash.write(0, record).map_err(io_err)
+        let result = self.flash.erase(0, Self::sector());
+        result.map_err(|e| flash_err(&self.flash, e))?;
+        let result = self.flash.write(0, record);
+        result.map_err(|e| flash_err(&self.flash, e))
     }
 
     /// Erases the record.
     pub fn clear(&mut self) -> io::Result<()> {
-        self.flash.erase(0, Self::sector()).map_err(io_err)
+        let result = self.flash.erase(0, Self::sector());
+        result.map_err(|e| flash_err(&self.flash, e))
     }
 }
 
@@ -151,7 +207,7 @@ pub struct UpdateSlot<'a> {
     version: SlotVersion,
     total: u64,
     next_mark: u64,
-    log: Log,
+    log: &'a Log,
 }
 
 impl<'a> UpdateSlot<'a> {
@@ -161,7 +217,7 @@ impl<'a> UpdateSlot<'a> {
         boot: &'a mut BootController<SimFlash>,
         version: SlotVersion,
         total: u64,
-        log: Log,
+        log: &'a Log,
     ) -> io::Result<Self> {
         let flash = chip.slot(boot.inactive_slot())?;
         Ok(Self {
@@ -195,24 +251,31 @@ impl ota_http::device::Slot for UpdateSlot<'_> {
         let first = at.div_ceil(sector) * sector;
         let end = at.saturating_add(len).div_ceil(sector) * sector;
         if first < end {
-            self.flash.erase(first, end).map_err(io_err)?;
+            let result = self.flash.erase(first, end);
+            result.map_err(|e| flash_err(&self.flash, e))?;
         }
-        self.flash.write(at, &padded(data)).map_err(io_err)?;
+        let result = self.flash.write(at, &padded(data));
+        result.map_err(|e| flash_err(&self.flash, e))?;
         self.progress(offset + u64::from(len));
         Ok(())
     }
 
     fn read(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let at = u32::try_from(offset).map_err(io_err)?;
-        self.flash.read(at, buf).map_err(io_err)
+        let result = self.flash.read(at, buf);
+        result.map_err(|e| flash_err(&self.flash, e))
     }
 
     fn finalize(&mut self) -> io::Result<()> {
         self.log.step(
             "VERIFIED",
-            format!("{} bytes, checksum matches", self.total),
+            format!(
+                "{} package bytes: every check of the reader passed",
+                self.total
+            ),
         );
-        self.boot.mark_trial(self.version).map_err(io_err)?;
+        let result = self.boot.mark_trial(self.version);
+        result.map_err(|e| flash_err(&self.flash, e))?;
         self.log.step(
             "MARKED",
             format!(
