@@ -21,7 +21,7 @@ use ota_http::device::{DeviceError, HttpDevice, Outcome, OwnedOffer};
 use ota_testkit::flash::SimFlash;
 use serde_json::{Map, Value};
 
-use crate::flash::{CAPACITY, CHUNK, Chip, CoapTarget, SLOT_LEN, UpdateSlot};
+use crate::flash::{CHUNK, Chip, CoapTarget, SLOT_LEN, UpdateSlot};
 use crate::image::{self, Header};
 use crate::log::Log;
 use crate::trust::{Trust, Verifier};
@@ -32,6 +32,10 @@ pub const FACTORY_VERSION: &str = "1.0.0";
 pub const FACTORY_LEN: usize = 150_000;
 /// The target (board) the device accepts packages for.
 pub const DEFAULT_TARGET: &str = "ota-demo-board";
+/// The boot state's policy: two start-ups per trial, so a power cut while the new image
+/// starts does not throw a good update away (a failed self-test still rolls back at once:
+/// the device rejects the trial).
+pub const BOOT_CONFIG: BootConfig = BootConfig::new(2);
 /// Title reported when the server assigns nothing.
 const DEFAULT_TITLE: &str = "ota-demo";
 /// Power cycles before giving up (download, trial, roll-back each take one).
@@ -115,7 +119,7 @@ pub enum End {
 pub fn provision(chip: &Chip) -> anyhow::Result<()> {
     chip.program(Slot::A, &image::build(FACTORY_VERSION, true, FACTORY_LEN))?;
     let factory = Version::parse(FACTORY_VERSION).map_err(|e| anyhow!("{e:?}"))?;
-    BootController::format(chip.boot_area()?, factory.into(), BootConfig::default())
+    BootController::format(chip.boot_area()?, factory.into(), BOOT_CONFIG)
         .map_err(|e| anyhow!("formatting the boot state: {e:?}"))?;
     Ok(())
 }
@@ -315,7 +319,7 @@ fn power_on(
     log: &Log,
     on_boot: &mut dyn FnMut(&Chip, Slot, &Header),
 ) -> anyhow::Result<Option<PowerOn>> {
-    let mut boot = BootController::open(chip.boot_area()?)
+    let mut boot = BootController::open_with(chip.boot_area()?, BOOT_CONFIG)
         .map_err(|e| anyhow!("opening the boot state: {e:?}"))?;
     let decision = boot.boot().map_err(|e| anyhow!("boot decision: {e:?}"))?;
     let running = chip.header(decision.slot())?;
@@ -511,6 +515,3 @@ fn cycles(
     }
     bail!("no stable state after {MAX_POWER_CYCLES} power cycles")
 }
-
-/// Size of the whole chip (re-exported for the binary's messages).
-pub const CHIP_BYTES: usize = CAPACITY;

@@ -18,7 +18,7 @@ impl Log {
         Self {
             start: Instant::now(),
             quiet: false,
-            last: Cell::new("START"),
+            last: Cell::new("POWER-ON"),
         }
     }
 
@@ -36,7 +36,7 @@ impl Log {
         self.start.elapsed().as_millis()
     }
 
-    /// The last step logged (`"START"` before the first).
+    /// The last step logged (`"POWER-ON"` before the first).
     pub fn last_step(&self) -> &'static str {
         self.last.get()
     }
