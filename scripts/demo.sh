@@ -2,7 +2,7 @@
 # The main job: builds the demo server and device, starts the server (SQLite + local blobs in a
 # temporary directory, HTTP and CoAP on loopback; it creates the product's keys and uploads signed,
 # encrypted firmware), then updates one device over HTTP and a second over CoAP from 1.0.0 to 1.1.0,
-# cuts a third device's power mid-download and runs it again to finish, shows a fourth device
+# cuts a third device's power mid-download and runs it again (it resumes from its checkpoint), shows a fourth device
 # rolling back an image whose self-test fails and a fifth refusing a package signed by a key it
 # does not trust. Exits non-zero unless every device ends as expected and the server records it.
 set -euo pipefail
@@ -76,7 +76,8 @@ run_device http 0 --http "http://$http" --token demo-http-1
 wait_for '^STATE token=demo-http-1 fw_state=UPDATED current=1\.1\.0'
 run_device coap 0 --coap "$coap" --token demo-coap-1
 wait_for '^STATE token=demo-coap-1 fw_state=UPDATED current=1\.1\.0'
-# Power cut at the 40th flash operation (a quarter into the download), then power on again.
+# Power cut at the 40th flash operation (a quarter into the download), then power on again: the
+# download resumes from the last checkpoint.
 run_device cut 4 --http "http://$http" --token demo-cut-1 --cut-at 40
 run_device cut 0 --http "http://$http" --token demo-cut-1
 wait_for '^STATE token=demo-cut-1 fw_state=UPDATED current=1\.1\.0'

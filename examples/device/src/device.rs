@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::flash::{CHUNK, Chip, CoapTarget, SLOT_LEN, UpdateSlot};
 use crate::image::{self, Header};
 use crate::log::Log;
-use crate::trust::{Trust, Verifier};
+use crate::trust::{ResumeTap, Trust, Verifier};
 
 /// The firmware the device leaves the factory with.
 pub const FACTORY_VERSION: &str = "1.0.0";
@@ -232,30 +232,53 @@ impl Transport {
             ),
         };
         let rejected = Cell::new(None);
+        let tap: ResumeTap = ResumeTap::default();
         let mut chunk_buf = vec![0u8; MAX_SEALED_CHUNK];
         // The updater's buffer takes a transport chunk plus a whole sealed chunk, which the
         // reader releases at once when its tag verifies.
         let mut plaintext = vec![0u8; CHUNK as usize + MAX_SEALED_CHUNK];
-        let reader = Verifier::new(
-            SignedPackageReader::new(
-                &settings.trust.keys,
-                Some(&settings.trust.payload),
+        let mut checkpoints = chip.checkpoint_area()?.with_tap(tap.clone());
+        let stored = checkpoints.checkpoint()?;
+        // The resume point stored with the checkpoint, if it describes the same moment.
+        let resume = match &stored {
+            Some(c) => checkpoints.resume_point()?.filter(|r| {
+                r.received == c.package_offset
+                    && r.released == c.written
+                    && r.partial.len() <= chunk_buf.len()
+            }),
+            None => None,
+        };
+        let (keys, payload) = (&settings.trust.keys, Some(&settings.trust.payload));
+        let inner = match &resume {
+            Some(r) => SignedPackageReader::resuming(
+                keys,
+                payload,
                 policy,
                 &mut chunk_buf,
-            ),
-            &rejected,
-        );
-        let mut checkpoints = chip.checkpoint_area()?;
-        let stored = checkpoints.checkpoint()?;
-        if let Some(c) = &stored {
-            log.step(
+                &r.header,
+                &r.partial,
+            )?,
+            None => SignedPackageReader::new(keys, payload, policy, &mut chunk_buf),
+        };
+        let reader = Verifier::new(inner, &rejected, &tap);
+        match (&stored, &resume) {
+            (Some(c), Some(_)) => log.step(
                 "RESUME",
                 format!(
-                    "checkpoint of {} {} at {} of {} package bytes; a signed package is \
-                     verified again from byte 0 (the slot's plaintext carries no signature)",
+                    "checkpoint of {} {} at {} of {} package bytes: the {} bytes in the slot \
+                     are re-read and re-hashed, the header verified again, the download goes on",
+                    c.title, c.version, c.package_offset, c.package_size, c.written
+                ),
+            ),
+            (Some(c), None) => log.step(
+                "RESUME",
+                format!(
+                    "checkpoint of {} {} at {} of {} package bytes without a usable resume \
+                     point: the package is verified again from byte 0",
                     c.title, c.version, c.package_offset, c.package_size
                 ),
-            );
+            ),
+            _ => {}
         }
         let slot = UpdateSlot::new(chip, boot, version, offer.size, log)?;
         let refused = |error| Rejection {

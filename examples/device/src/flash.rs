@@ -1,12 +1,23 @@
 //! The device's flash: one file-backed [`SimFlash`] chip split into the boot-state area, a
-//! checkpoint sector and the two image slots, and the adapters the transports' device
+//! checkpoint area and the two image slots, and the adapters the transports' device
 //! clients write through.
 //!
 //! ```text
 //! 0x00000  boot state (2 sectors, ota_core::boot)
-//! 0x02000  download checkpoint (1 sector)
-//! 0x03000  slot A (256 KiB)
-//! 0x43000  slot B (256 KiB)
+//! 0x02000  download checkpoint and the signed reader's resume point (2 sectors)
+//! 0x04000  slot A (256 KiB)
+//! 0x44000  slot B (256 KiB)
+//! ```
+//!
+//! The checkpoint area holds the updater's checkpoint record, then (for a signed download)
+//! the reader's resume point with its SHA-256, so a torn write of either is detected:
+//!
+//! ```text
+//! 0      checkpoint record (ota_core::checkpoint, 256 bytes, with its own CRC)
+//! 256    resume point length n, u32 LE (0xFFFFFFFF: none)
+//! 260    SHA-256 of the resume point
+//! 292    resume point: package bytes received u64 LE, plaintext released u64 LE,
+//!        header (manifest ‖ signature), bytes of the sealed chunk being collected
 //! ```
 
 use std::io;
@@ -16,9 +27,11 @@ use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
 use ota_core::boot::{BootController, Slot, SlotVersion};
 use ota_core::checkpoint::{CHECKPOINT_LEN, Checkpoint};
 use ota_testkit::flash::SimFlash;
+use sha2::{Digest, Sha256};
 
 use crate::image::{HEADER_LEN, Header};
 use crate::log::Log;
+use crate::trust::{ResumeTap, Snapshot};
 
 /// Erase sector size.
 pub const SECTOR: usize = 4096;
@@ -28,7 +41,11 @@ pub const SLOT_LEN: usize = 256 * 1024;
 pub const CHUNK: u32 = 4096;
 const BOOT_AT: usize = 0;
 const CHECKPOINT_AT: usize = 2 * SECTOR;
-const SLOTS_AT: usize = 3 * SECTOR;
+const CHECKPOINT_SECTORS: usize = 2;
+const SLOTS_AT: usize = CHECKPOINT_AT + CHECKPOINT_SECTORS * SECTOR;
+/// Where the resume point's length, digest and bytes start in the checkpoint area.
+const RESUME_AT: usize = CHECKPOINT_LEN;
+const RESUME_DATA_AT: usize = RESUME_AT + 4 + 32;
 /// Size of the whole chip (and of its file).
 pub const CAPACITY: usize = SLOTS_AT + 2 * SLOT_LEN;
 
@@ -108,10 +125,11 @@ impl Chip {
         self.part(BOOT_AT, 2 * SECTOR)
     }
 
-    /// The checkpoint sector.
+    /// The checkpoint area.
     pub fn checkpoint_area(&self) -> io::Result<CheckpointArea> {
         Ok(CheckpointArea {
-            flash: self.part(CHECKPOINT_AT, SECTOR)?,
+            flash: self.part(CHECKPOINT_AT, CHECKPOINT_SECTORS * SECTOR)?,
+            tap: None,
         })
     }
 
@@ -146,22 +164,36 @@ fn padded(data: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The checkpoint sector: one record, erased when there is none.
+/// The checkpoint area: one record (and the signed reader's resume point), erased when
+/// there is none.
 #[derive(Debug)]
 pub struct CheckpointArea {
     flash: SimFlash,
+    tap: Option<ResumeTap>,
 }
 
 impl CheckpointArea {
-    fn sector() -> u32 {
-        u32::try_from(SECTOR).unwrap_or(u32::MAX)
+    fn area_len() -> u32 {
+        u32::try_from(CHECKPOINT_SECTORS * SECTOR).unwrap_or(u32::MAX)
     }
 
-    /// The stored record, `None` when the sector is erased.
+    /// Saves, with each record, the resume point `tap` holds then.
+    #[must_use]
+    pub fn with_tap(mut self, tap: ResumeTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    fn read(&mut self, at: usize, buf: &mut [u8]) -> io::Result<()> {
+        let at = u32::try_from(at).map_err(io_err)?;
+        let result = self.flash.read(at, buf);
+        result.map_err(|e| flash_err(&self.flash, e))
+    }
+
+    /// The stored record, `None` when the area is erased.
     pub fn load(&mut self) -> io::Result<Option<Vec<u8>>> {
         let mut record = vec![0u8; CHECKPOINT_LEN];
-        let result = self.flash.read(0, &mut record);
-        result.map_err(|e| flash_err(&self.flash, e))?;
+        self.read(0, &mut record)?;
         Ok((!record.iter().all(|&b| b == 0xFF)).then_some(record))
     }
 
@@ -172,17 +204,45 @@ impl CheckpointArea {
             .and_then(|bytes| Checkpoint::from_bytes(&bytes).ok()))
     }
 
-    /// Replaces the record.
+    /// The resume point stored with the record, if one is stored and intact.
+    pub fn resume_point(&mut self) -> io::Result<Option<Snapshot>> {
+        let mut head = [0u8; RESUME_DATA_AT - RESUME_AT];
+        self.read(RESUME_AT, &mut head)?;
+        let (len, digest) = head.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().map_err(io_err)?) as usize;
+        if len < 16 + crate::trust::HEADER_LEN || RESUME_DATA_AT + len > CHECKPOINT_SECTORS * SECTOR
+        {
+            return Ok(None);
+        }
+        let mut data = vec![0u8; len];
+        self.read(RESUME_DATA_AT, &mut data)?;
+        if Sha256::digest(&data).as_slice() != digest {
+            return Ok(None);
+        }
+        Ok(Snapshot::decode(&data))
+    }
+
+    /// Replaces the record (and the resume point, when a tap is attached).
     pub fn save(&mut self, record: &[u8; CHECKPOINT_LEN]) -> io::Result<()> {
-        let result = self.flash.erase(0, Self::sector());
+        let mut bytes = record.to_vec();
+        if let Some(snapshot) = self.tap.as_ref().and_then(|t| t.borrow().clone()) {
+            let data = snapshot.encode();
+            if RESUME_DATA_AT + data.len() <= CHECKPOINT_SECTORS * SECTOR {
+                let len = u32::try_from(data.len()).map_err(io_err)?;
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes.extend_from_slice(&Sha256::digest(&data));
+                bytes.extend_from_slice(&data);
+            }
+        }
+        let result = self.flash.erase(0, Self::area_len());
         result.map_err(|e| flash_err(&self.flash, e))?;
-        let result = self.flash.write(0, record);
+        let result = self.flash.write(0, &padded(&bytes));
         result.map_err(|e| flash_err(&self.flash, e))
     }
 
     /// Erases the record.
     pub fn clear(&mut self) -> io::Result<()> {
-        let result = self.flash.erase(0, Self::sector());
+        let result = self.flash.erase(0, Self::area_len());
         result.map_err(|e| flash_err(&self.flash, e))
     }
 }

@@ -1,6 +1,7 @@
 //! Timestamped progress lines on the terminal.
 
 use std::cell::Cell;
+use std::io::Write;
 use std::time::Instant;
 
 /// Prints one line per step with the milliseconds since the device started, and remembers
@@ -45,7 +46,12 @@ impl Log {
     pub fn step(&self, step: &'static str, detail: impl std::fmt::Display) {
         self.last.set(step);
         if !self.quiet {
-            println!("[+{:>6} ms] {step:<12} {detail}", self.elapsed_ms());
+            // A closed terminal or pipe must not stop the device.
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "[+{:>6} ms] {step:<12} {detail}",
+                self.elapsed_ms()
+            );
         }
     }
 }

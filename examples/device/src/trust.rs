@@ -10,8 +10,9 @@
 //! payload.key   the ChaCha20-Poly1305 payload key, 64 hex digits
 //! ```
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use anyhow::Context;
 use ota_core::UpdateError;
@@ -20,6 +21,51 @@ use ota_crypto::CryptoError;
 use ota_crypto::keyfile;
 use ota_crypto::keys::{KeySet, PayloadKey, RootKey};
 use ota_crypto::reader::SignedPackageReader;
+
+/// Bytes of a package header (manifest and signature).
+pub const HEADER_LEN: usize = ota_crypto::HEADER_LEN;
+
+/// The signed reader's last resume point, copied out after every feed, for the checkpoint
+/// area to save next to each checkpoint.
+pub type ResumeTap = Rc<RefCell<Option<Snapshot>>>;
+
+/// An owned [`ota_crypto::reader::ResumePoint`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Package bytes received.
+    pub received: u64,
+    /// Plaintext bytes released.
+    pub released: u64,
+    /// Manifest and signature.
+    pub header: [u8; HEADER_LEN],
+    /// Bytes of the sealed chunk being collected.
+    pub partial: Vec<u8>,
+}
+
+impl Snapshot {
+    /// `received ‖ released ‖ header ‖ partial` (integers little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + HEADER_LEN + self.partial.len());
+        v.extend_from_slice(&self.received.to_le_bytes());
+        v.extend_from_slice(&self.released.to_le_bytes());
+        v.extend_from_slice(&self.header);
+        v.extend_from_slice(&self.partial);
+        v
+    }
+
+    /// The inverse of [`Snapshot::encode`]; `None` if `bytes` is shorter than the fixed part.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let (received, rest) = bytes.split_first_chunk::<8>()?;
+        let (released, rest) = rest.split_first_chunk::<8>()?;
+        let (header, partial) = rest.split_first_chunk::<HEADER_LEN>()?;
+        Some(Self {
+            received: u64::from_le_bytes(*received),
+            released: u64::from_le_bytes(*released),
+            header: *header,
+            partial: partial.to_vec(),
+        })
+    }
+}
 
 /// File name of the root public key in a key directory.
 pub const ROOT_FILE: &str = "root.pub";
@@ -85,16 +131,26 @@ impl Trust {
 }
 
 /// [`SignedPackageReader`] for the updater, keeping the [`CryptoError`] that made it reject
-/// the package (the updater itself only sees the coarser [`UpdateError`]).
+/// the package (the updater itself only sees the coarser [`UpdateError`]) and copying its
+/// resume point out after every feed.
 pub struct Verifier<'a> {
     inner: SignedPackageReader<'a>,
     rejected: &'a Cell<Option<CryptoError>>,
+    tap: &'a RefCell<Option<Snapshot>>,
 }
 
 impl<'a> Verifier<'a> {
-    /// Wraps `inner`; its first error is stored in `rejected`.
-    pub fn new(inner: SignedPackageReader<'a>, rejected: &'a Cell<Option<CryptoError>>) -> Self {
-        Self { inner, rejected }
+    /// Wraps `inner`; its first error is stored in `rejected`, its resume point in `tap`.
+    pub fn new(
+        inner: SignedPackageReader<'a>,
+        rejected: &'a Cell<Option<CryptoError>>,
+        tap: &'a RefCell<Option<Snapshot>>,
+    ) -> Self {
+        Self {
+            inner,
+            rejected,
+            tap,
+        }
     }
 
     fn keep(&self, e: CryptoError) -> UpdateError {
@@ -107,7 +163,14 @@ impl<'a> Verifier<'a> {
 
 impl PackageReader for Verifier<'_> {
     fn feed(&mut self, input: &[u8], out: &mut [u8]) -> Result<Feed, UpdateError> {
-        self.inner.feed(input, out).map_err(|e| self.keep(e))
+        let fed = self.inner.feed(input, out).map_err(|e| self.keep(e));
+        *self.tap.borrow_mut() = self.inner.resume_point().map(|p| Snapshot {
+            received: p.received,
+            released: p.released,
+            header: *p.header,
+            partial: p.partial.to_vec(),
+        });
+        fed
     }
 
     fn finish(&mut self) -> Result<(), UpdateError> {
@@ -130,6 +193,7 @@ impl ResumableReader for Verifier<'_> {
 
     fn restart(&mut self) {
         self.rejected.set(None);
+        *self.tap.borrow_mut() = None;
         self.inner.restart();
     }
 }

@@ -26,8 +26,9 @@ use ota_demo_device::trust::{Trust, TrustFiles};
 
 /// Power cuts in all (half over HTTP, half over CoAP).
 const CUTS: u64 = 1000;
-/// Plaintext bytes of the demo images the server packs for this test (four sealed chunks).
-const IMAGE_LEN: usize = 16_384;
+/// Plaintext bytes of the demo images the server packs for this test (nine sealed chunks:
+/// two checkpoints on the way).
+const IMAGE_LEN: usize = 36_000;
 const NEW_VERSION: &str = "1.1.0";
 const DEVICE: &str = env!("CARGO_BIN_EXE_ota-demo-device");
 
@@ -140,6 +141,9 @@ struct Tally {
     old: u64,
     /// Devices that could not boot after the cut.
     unbootable: u64,
+    /// Devices powered on again with a checkpoint and a resume point stored: their download
+    /// went on from there.
+    resumed: u64,
     /// Anything else, described.
     other: Vec<String>,
 }
@@ -154,6 +158,7 @@ impl Tally {
         self.new_confirmed += o.new_confirmed;
         self.old += o.old;
         self.unbootable += o.unbootable;
+        self.resumed += o.resumed;
         self.other.extend(o.other);
     }
 }
@@ -188,6 +193,17 @@ fn settled(chip: &Chip) -> Option<(Slot, String)> {
         && boot.owed_report().is_none();
     let header = chip.header(decision.slot()).ok()?;
     normal.then_some((decision.slot(), header.version))
+}
+
+/// Whether the chip holds a checkpoint with a resume point for the same moment.
+fn resumable(chip: &Chip) -> bool {
+    let Ok(mut area) = chip.checkpoint_area() else {
+        return false;
+    };
+    match (area.checkpoint(), area.resume_point()) {
+        (Ok(Some(c)), Ok(Some(r))) => r.received == c.package_offset && r.released == c.written,
+        _ => false,
+    }
 }
 
 /// Flash operations of one uninterrupted update from the factory state.
@@ -240,6 +256,9 @@ fn cut_devices(server: &Server, transport: &str, cuts: u64, seed: u64) -> (Tally
             )),
         }
         chip.power_on();
+        if resumable(&chip) {
+            tally.resumed += 1;
+        }
         match device::run(&settings, &chip, &Log::quiet(), &mut check) {
             Ok(End::Current { version, .. }) => match settled(&chip) {
                 Some((_, v)) if v == version && v == NEW_VERSION => tally.new_confirmed += 1,
@@ -287,6 +306,10 @@ fn a_thousand_power_cuts_leave_every_device_bootable_on_a_verified_image() {
         tally.cuts
     );
     println!(
+        "powered on again with a checkpoint and resume point (the download went on from there): {}",
+        tally.resumed
+    );
+    println!(
         "devices: {} | on {NEW_VERSION} confirmed: {} | on {FACTORY_VERSION}: {} | unbootable: {} | slots started: {} | unverified images started: {} | other: {} | {:.1} s",
         CUTS,
         tally.new_confirmed,
@@ -302,6 +325,7 @@ fn a_thousand_power_cuts_leave_every_device_bootable_on_a_verified_image() {
     assert_eq!(tally.unbootable, 0);
     assert_eq!(tally.unverified_boots, 0);
     assert_eq!(tally.new_confirmed + tally.old, CUTS);
+    assert!(tally.resumed > 0, "no download resumed from a checkpoint");
     // The cuts reach every phase, not only the download: the boot decision at power-on,
     // slot writes, marking the trial (while VERIFIED), the trial boot's decision (after
     // REBOOT), confirming (during SELF-TEST) and clearing the owed report (UPDATED).
