@@ -374,3 +374,64 @@ impl ota_coap::device::UpdateTarget for CoapTarget<'_> {
         self.checkpoints.clear()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CHECKPOINT_AT, Chip, RESUME_DATA_AT};
+    use crate::trust::{HEADER_LEN, ResumeTap, Snapshot};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            received: 53_248,
+            released: 49_152,
+            header: [0x5A; HEADER_LEN],
+            partial: vec![0xC3; 3_000],
+        }
+    }
+
+    #[test]
+    fn the_resume_point_is_saved_with_the_record_and_read_back() {
+        let chip = Chip::in_memory(1);
+        let tap = ResumeTap::default();
+        let mut area = chip.checkpoint_area().expect("area").with_tap(tap.clone());
+        assert_eq!(area.resume_point().expect("read"), None, "erased");
+        *tap.borrow_mut() = Some(snapshot());
+        area.save(&[0x11; 256]).expect("save");
+        assert_eq!(area.load().expect("read"), Some(vec![0x11; 256]));
+        assert_eq!(area.resume_point().expect("read"), Some(snapshot()));
+        area.clear().expect("clear");
+        assert_eq!(area.resume_point().expect("read"), None);
+    }
+
+    #[test]
+    fn a_damaged_resume_point_is_ignored() {
+        let chip = Chip::in_memory(2);
+        let tap = ResumeTap::default();
+        *tap.borrow_mut() = Some(snapshot());
+        let mut area = chip.checkpoint_area().expect("area").with_tap(tap);
+        area.save(&[0x22; 256]).expect("save");
+        // One bit of the partial chunk flips (a torn write, a bad cell): the digest catches it.
+        let at = CHECKPOINT_AT + RESUME_DATA_AT + 16 + HEADER_LEN + 100;
+        let chip_flash = chip
+            .flash
+            .partition(0, super::CAPACITY)
+            .expect("whole chip");
+        chip_flash.poke(at, &[0xC2]).expect("poke");
+        assert_eq!(area.resume_point().expect("read"), None);
+        assert_eq!(area.load().expect("read"), Some(vec![0x22; 256]));
+        // A length that does not fit the area is no resume point either.
+        chip_flash
+            .poke(CHECKPOINT_AT + 256, &u32::MAX.to_le_bytes())
+            .expect("poke");
+        assert_eq!(area.resume_point().expect("read"), None);
+    }
+
+    #[test]
+    fn without_a_tap_only_the_record_is_saved() {
+        let chip = Chip::in_memory(3);
+        let mut area = chip.checkpoint_area().expect("area");
+        area.save(&[0x33; 256]).expect("save");
+        assert_eq!(area.resume_point().expect("read"), None);
+        assert_eq!(area.load().expect("read"), Some(vec![0x33; 256]));
+    }
+}

@@ -197,3 +197,36 @@ impl ResumableReader for Verifier<'_> {
         self.inner.restart();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{HEADER_LEN, Snapshot};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn snapshots_round_trip(
+            received in any::<u64>(),
+            released in any::<u64>(),
+            fill in any::<u8>(),
+            partial in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let s = Snapshot { received, released, header: [fill; HEADER_LEN], partial };
+            prop_assert_eq!(Snapshot::decode(&s.encode()), Some(s));
+        }
+
+        #[test]
+        fn any_bytes_decode_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let decoded = Snapshot::decode(&bytes);
+            prop_assert_eq!(decoded.is_some(), bytes.len() >= 16 + HEADER_LEN);
+        }
+    }
+
+    #[test]
+    fn a_short_record_is_no_snapshot() {
+        assert_eq!(Snapshot::decode(&[0u8; 16 + HEADER_LEN - 1]), None);
+        let s = Snapshot::decode(&[7u8; 16 + HEADER_LEN]).expect("fixed part only");
+        assert!(s.partial.is_empty());
+        assert_eq!(s.received, u64::from_le_bytes([7; 8]));
+    }
+}
