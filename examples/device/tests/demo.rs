@@ -45,15 +45,24 @@ struct Server {
     coap: String,
     /// The server's lines up to `READY`.
     setup: Vec<String>,
-    data: tempfile::TempDir,
+    data: PathBuf,
+    /// The data directory, when the server made its own (removed on drop).
+    owned: Option<tempfile::TempDir>,
 }
 
 impl Server {
     fn start() -> Self {
-        let data = tempfile::tempdir().expect("data dir");
+        let owned = tempfile::tempdir().expect("data dir");
+        let mut server = Self::start_in(owned.path());
+        server.owned = Some(owned);
+        server
+    }
+
+    /// A server on the data directory `data` (created, or reused as it is).
+    fn start_in(data: &Path) -> Self {
         let mut child = Command::new(server_binary())
             .arg("--data-dir")
-            .arg(data.path())
+            .arg(data)
             .args(["--image-len", "60000"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -74,7 +83,8 @@ impl Server {
             http: String::new(),
             coap: String::new(),
             setup: Vec::new(),
-            data,
+            data: data.to_path_buf(),
+            owned: None,
         };
         let mut setup = Vec::new();
         let ready = server.wait_for(|l| {
@@ -116,7 +126,7 @@ impl Server {
 impl Server {
     /// The keys a device is provisioned with.
     fn keys(&self) -> PathBuf {
-        self.data.path().join("device-keys")
+        self.data.join("device-keys")
     }
 
     /// The stored bytes of the package of `version`, as the setup line names them.
@@ -130,7 +140,7 @@ impl Server {
         let (_, key) = line
             .rsplit_once(" blob=")
             .unwrap_or_else(|| panic!("no blob key in {line:?}"));
-        self.data.path().join("blobs").join(key)
+        self.data.join("blobs").join(key)
     }
 
     /// The transport arguments of a device.
@@ -472,5 +482,58 @@ fn a_power_cut_mid_download_resumes_on_the_next_run() {
     assert_eq!(
         server.final_state("demo-cut-1"),
         "STATE token=demo-cut-1 fw_state=UPDATED current=1.1.0 target=1.1.0"
+    );
+}
+
+#[test]
+fn the_server_keeps_its_keys_and_firmware_across_restarts() {
+    let data = tempfile::tempdir().expect("data dir");
+    let first = Server::start_in(data.path());
+    assert!(
+        first
+            .setup
+            .iter()
+            .any(|l| l.starts_with("setup: keys created: root ")),
+        "{:?}",
+        first.setup
+    );
+    let root = std::fs::read_to_string(first.keys().join("root.pub")).expect("root key");
+    drop(first);
+
+    let second = Server::start_in(data.path());
+    assert!(
+        second
+            .setup
+            .iter()
+            .any(|l| l.starts_with("setup: keys in ") && l.ends_with(" reused")),
+        "{:?}",
+        second.setup
+    );
+    assert!(
+        second
+            .setup
+            .iter()
+            .any(|l| l.contains("profile \"demo\" exists")),
+        "{:?}",
+        second.setup
+    );
+    assert_eq!(
+        std::fs::read_to_string(second.keys().join("root.pub")).expect("root key"),
+        root
+    );
+    // A device provisioned with the first run's keys updates from the restarted server.
+    let dir = tempfile::tempdir().expect("flash dir");
+    let out = device(
+        &second,
+        "http",
+        "demo-http-1",
+        &dir.path().join("d.flash"),
+        &[],
+    );
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        result_line(&text).starts_with("RESULT version=1.1.0 slot=B "),
+        "{text}"
     );
 }
