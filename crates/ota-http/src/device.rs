@@ -5,7 +5,13 @@
 //!
 //! A dropped connection or a server error is a transport error for the machine: it backs
 //! off and asks for the same chunk again, within its retry budget. A process restart resumes
-//! from the last checkpoint (the machine re-reads and re-checks the written bytes first).
+//! from the last checkpoint (the machine re-reads and re-checks the written bytes first); a
+//! slot or checkpoint-store error of kind [`io::ErrorKind::Interrupted`] stands for a power
+//! cut and stops the download at once ([`DeviceError::PowerCut`]).
+//!
+//! [`HttpDevice::update`] and [`HttpDevice::download`] check plain images against the offered
+//! checksum; [`HttpDevice::update_with`] and [`HttpDevice::download_with`] take any
+//! [`ResumableReader`] (such as `ota-crypto`'s signed-package reader) and the updater's buffer.
 //!
 //! ```no_run
 //! use ota_core::updater::{Config, Kind};
@@ -593,7 +599,9 @@ impl HttpDevice {
     }
 
     /// Downloads `offer` (see [`HttpDevice::update`]), checked against its SHA/CRC checksum
-    /// by `ota-core`'s plain reader.
+    /// by `ota-core`'s plain reader. A slot or checkpoint-store error of kind
+    /// [`io::ErrorKind::Interrupted`] is a power cut ([`DeviceError::PowerCut`], see
+    /// [`HttpDevice::download_with`]).
     pub fn download<S: Slot, C: CheckpointStore>(
         &mut self,
         offer: &OwnedOffer,
