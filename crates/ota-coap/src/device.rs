@@ -7,6 +7,10 @@
 //! ThingsBoard's Californium sends) are understood. Chunks larger than one block are
 //! fetched with Block2, one block per exchange, and reassembled.
 //!
+//! [`run_update`] checks plain images against the offered checksum; [`run_update_with`] takes
+//! any [`ResumableReader`] (such as `ota-crypto`'s signed-package reader) and the updater's
+//! buffer.
+//!
 //! ```no_run
 //! use ota_coap::device::{ClientConfig, CoapClient};
 //! # fn main() -> Result<(), ota_coap::device::ClientError> {
