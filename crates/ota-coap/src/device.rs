@@ -7,6 +7,10 @@
 //! ThingsBoard's Californium sends) are understood. Chunks larger than one block are
 //! fetched with Block2, one block per exchange, and reassembled.
 //!
+//! [`run_update`] checks plain images against the offered checksum; [`run_update_with`] takes
+//! any [`ResumableReader`] (such as `ota-crypto`'s signed-package reader) and the updater's
+//! buffer.
+//!
 //! ```no_run
 //! use ota_coap::device::{ClientConfig, CoapClient};
 //! # fn main() -> Result<(), ota_coap::device::ClientError> {
@@ -24,7 +28,7 @@ use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use ota_core::UpdateError;
 use ota_core::checkpoint::Checkpoint;
 use ota_core::frame::thingsboard::AttributesResponse;
-use ota_core::updater::{self, Action, Kind, Offer, PlainReader, State, Updater};
+use ota_core::updater::{self, Action, Kind, Offer, PlainReader, ResumableReader, State, Updater};
 
 use crate::block::{Block, BlockError, MAX_BLOCK_SIZE};
 
@@ -436,7 +440,8 @@ impl RunConfig {
 
 /// Asks for the assigned package of `kind` and downloads, verifies and finalizes it,
 /// resuming from `checkpoint` when it describes the same package. Reports `fw_state`
-/// (or `sw_state`) telemetry on the way.
+/// (or `sw_state`) telemetry on the way. The package is a plain image checked against the
+/// offered checksum by `ota-core`'s [`PlainReader`].
 pub fn run_update<T: UpdateTarget>(
     client: &mut CoapClient,
     target: &mut T,
@@ -444,6 +449,43 @@ pub fn run_update<T: UpdateTarget>(
     run: RunConfig,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<UpdateOutcome, UpdateError> {
+    let chunk_len = usize::try_from(run.chunk_size).map_err(|_| UpdateError::InvalidState)?;
+    let mut buf = vec![0u8; chunk_len];
+    run_update_with(
+        client,
+        target,
+        kind,
+        run,
+        checkpoint,
+        &mut buf,
+        PlainReader::for_offer,
+    )
+}
+
+/// Like [`run_update`], with the package reader `make_reader` builds for the offer: any
+/// [`ResumableReader`], such as `ota-crypto`'s signed-package reader, which verifies (and
+/// decrypts) what is written to the slot. A reader error fails the update (reported as
+/// `FAILED` with its `fw_error`, and returned) and nothing is finalized; a reader that cannot
+/// be built returns its error before anything is downloaded.
+///
+/// `buf` is the updater's plaintext buffer: at least [`RunConfig::chunk_size`] bytes, and
+/// large enough for the plaintext one chunk can release (for a signed and encrypted package:
+/// the chunk size plus one sealed chunk, as the reader opens a whole sealed chunk at once). A
+/// buffer shorter than the chunk size fails with [`UpdateError::InvalidState`].
+pub fn run_update_with<T, R, F>(
+    client: &mut CoapClient,
+    target: &mut T,
+    kind: Kind,
+    run: RunConfig,
+    checkpoint: Option<&Checkpoint>,
+    buf: &mut [u8],
+    make_reader: F,
+) -> Result<UpdateOutcome, UpdateError>
+where
+    T: UpdateTarget,
+    R: ResumableReader,
+    F: FnOnce(&Offer<'_>) -> Result<R, UpdateError>,
+{
     let doc = match client.attributes() {
         Ok(d) => d,
         // ThingsBoard's CoAP answers 4.04 when no attribute exists.
@@ -467,16 +509,14 @@ pub fn run_update<T: UpdateTarget>(
     config.backoff_base_ms = run.backoff_base_ms;
     config.backoff_max_ms = config.backoff_max_ms.max(run.backoff_base_ms);
     config.checkpoint_interval = run.checkpoint_interval;
-    let chunk_len = usize::try_from(run.chunk_size).map_err(|_| UpdateError::InvalidState)?;
-    let mut buf = vec![0u8; chunk_len];
-    let mut up = Updater::new(config, &mut buf, checkpoint)?;
+    let mut up = Updater::new(config, buf, checkpoint)?;
     let start = Instant::now();
     let now = || {
         updater::Instant::from_millis(
             u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         )
     };
-    let reader = PlainReader::for_offer(&offer)?;
+    let reader = make_reader(&offer)?;
     // A refused offer is reported through the queued actions below.
     let _ = up.handle_offer(&offer, reader, now());
     let mut scratch = Vec::new();

@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use common::{BARE, TOKEN, bytes, env};
 use ota_coap::device::{
-    ClientConfig, CoapClient, RunConfig, UpdateOutcome, UpdateTarget, run_update,
+    ClientConfig, CoapClient, RunConfig, UpdateOutcome, UpdateTarget, run_update, run_update_with,
 };
+use ota_core::UpdateError;
 use ota_core::checkpoint::Checkpoint;
-use ota_core::updater::Kind;
+use ota_core::updater::{Kind, PlainReader};
 
 /// A UDP proxy in front of `server` that drops each datagram (either way) with probability
 /// `loss_per_mille`/1000, from a seeded generator. Stops when dropped.
@@ -265,4 +266,54 @@ fn a_silent_server_times_out_after_max_retransmit() {
         got += 1;
     }
     assert_eq!(got, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_update_with_drives_the_given_reader_and_buffer() {
+    let e = env(bytes(12 * 1024 + 5, 8)).await;
+    let addr = e.addr;
+    let (short, refused, done, flash) = tokio::task::spawn_blocking(move || {
+        let mut flash = Flash::default();
+        let mut c = client(addr, TOKEN, 10);
+        // Shorter than a chunk: refused before anything is asked for.
+        let mut small = vec![0u8; 4000];
+        let short = run_update_with(
+            &mut c,
+            &mut flash,
+            Kind::Firmware,
+            run(),
+            None,
+            &mut small,
+            PlainReader::for_offer,
+        );
+        // A reader that cannot be built for the offer.
+        let mut buf = vec![0u8; 4096];
+        let refused = run_update_with(
+            &mut c,
+            &mut flash,
+            Kind::Firmware,
+            run(),
+            None,
+            &mut buf,
+            |_| Err::<PlainReader, _>(UpdateError::WrongTarget),
+        );
+        let done = run_update_with(
+            &mut c,
+            &mut flash,
+            Kind::Firmware,
+            run(),
+            None,
+            &mut buf,
+            PlainReader::for_offer,
+        );
+        (short, refused, done, flash)
+    })
+    .await
+    .expect("join");
+    assert_eq!(short, Err(UpdateError::InvalidState));
+    assert_eq!(refused, Err(UpdateError::WrongTarget));
+    assert_eq!(done, Ok(UpdateOutcome::RebootRequired));
+    assert_eq!(flash.writes, 4, "only the last run wrote");
+    assert!(flash.finalized);
+    assert!(flash.slot == e.image, "image differs");
 }

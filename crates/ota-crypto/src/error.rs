@@ -235,6 +235,13 @@ pub enum CryptoError {
     /// The plaintext digest does not match the signed one.
     #[error("payload SHA-256 does not match the signed digest")]
     DigestMismatch,
+    /// A resumed reader was fed after absorbing plaintext that does not end where its
+    /// persisted partial chunk begins.
+    #[error("resume point does not match the {released} plaintext bytes absorbed")]
+    ResumeMisaligned {
+        /// Plaintext bytes absorbed.
+        released: u64,
+    },
     /// `finish` was called while decrypted plaintext still waited to be drained.
     #[error("{0} plaintext bytes were not drained before finish")]
     PlaintextNotDrained(u64),
@@ -273,7 +280,9 @@ impl CryptoError {
             }
             Self::DigestMismatch => UpdateError::ChecksumMismatch,
             Self::ChunkBufferTooSmall { .. } => UpdateError::InsufficientStorage,
-            Self::AlreadyFinished | Self::PlaintextNotDrained(_) => UpdateError::InvalidState,
+            Self::AlreadyFinished
+            | Self::PlaintextNotDrained(_)
+            | Self::ResumeMisaligned { .. } => UpdateError::InvalidState,
             Self::BadMagic { .. }
             | Self::UnsupportedFormat(_)
             | Self::UnknownKind(_)

@@ -144,6 +144,31 @@ pub struct SignedPackageReader<'a> {
     /// Decrypted plaintext waiting in `chunk_buf[pending_start..pending_end]`.
     pending_start: usize,
     pending_end: usize,
+    /// Built by [`SignedPackageReader::resuming`] and not fed since: the header and
+    /// `resume_partial` bytes of a sealed chunk wait in `header` and `chunk_buf` for the
+    /// written plaintext to be absorbed.
+    resuming: bool,
+    resume_partial: usize,
+}
+
+/// What a device persists, next to the updater's checkpoint, to resume a signed download
+/// after a power cut without fetching the package again from byte 0: the authenticated
+/// header and the bytes of the sealed chunk being collected (the rest of the state, the
+/// running SHA-256 and the decryptor's position, follows from the plaintext in the slot).
+///
+/// Nothing in it is trusted on resume: the header's signature and policy are checked again,
+/// the partial chunk is authenticated by its tag once complete, and the plaintext re-read from
+/// the slot is covered by the signed digest that [`SignedPackageReader::finish`] checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint<'r> {
+    /// Manifest and signature.
+    pub header: &'r [u8; HEADER_LEN],
+    /// Bytes of the sealed chunk being collected (empty for a plain payload).
+    pub partial: &'r [u8],
+    /// Package bytes consumed (the checkpoint's `package_offset` must equal it).
+    pub received: u64,
+    /// Plaintext bytes released (the checkpoint's `written` must equal it).
+    pub released: u64,
 }
 
 impl<'a> SignedPackageReader<'a> {
@@ -175,6 +200,129 @@ impl<'a> SignedPackageReader<'a> {
             buf_fill: 0,
             pending_start: 0,
             pending_end: 0,
+            resuming: false,
+            resume_partial: 0,
+        }
+    }
+
+    /// A reader that continues a download from a [`ResumePoint`] an earlier reader gave
+    /// ([`SignedPackageReader::resume_point`]): give it the plaintext already in the slot
+    /// through [`ResumableReader::absorb_written`] (from offset 0, `point.released` bytes),
+    /// then feed the package from byte `point.received`.
+    ///
+    /// The header is verified again by the first `absorb_written`; an error there (or
+    /// anything but whole sealed chunks absorbed before the next feed) fails the reader, and
+    /// the updater then restarts the download from byte 0. Fed without absorbing first, the
+    /// reader starts over like [`SignedPackageReader::new`].
+    ///
+    /// # Errors
+    /// [`CryptoError::ChunkBufferTooSmall`] if `chunk_buf` cannot hold `partial`.
+    pub fn resuming(
+        keys: &'a KeySet,
+        payload_key: Option<&'a PayloadKey>,
+        policy: DevicePolicy<'a>,
+        chunk_buf: &'a mut [u8],
+        header: &[u8; HEADER_LEN],
+        partial: &[u8],
+    ) -> Result<Self, CryptoError> {
+        let mut r = Self::new(keys, payload_key, policy, chunk_buf);
+        let available = r.chunk_buf.len();
+        r.chunk_buf
+            .get_mut(..partial.len())
+            .ok_or(CryptoError::ChunkBufferTooSmall {
+                needed: partial.len(),
+                available,
+            })?
+            .copy_from_slice(partial);
+        r.header = *header;
+        r.header_fill = HEADER_LEN;
+        r.resuming = true;
+        r.resume_partial = partial.len();
+        Ok(r)
+    }
+
+    /// Where the download stands, to persist for a later [`SignedPackageReader::resuming`]:
+    /// `None` before the header is accepted, while decrypted plaintext waits to be released,
+    /// and after an error or the end.
+    pub fn resume_point(&self) -> Option<ResumePoint<'_>> {
+        if self.phase != Phase::Payload || self.pending_start < self.pending_end || self.resuming {
+            return None;
+        }
+        let partial = match self.manifest?.encryption {
+            Encryption::None => &[][..],
+            Encryption::ChaCha20Poly1305 { .. } => self.chunk_buf.get(..self.buf_fill)?,
+        };
+        Some(ResumePoint {
+            header: &self.header,
+            partial,
+            received: self.received,
+            released: self.released,
+        })
+    }
+
+    /// Absorbs plaintext a resumed download finds in the slot (see
+    /// [`SignedPackageReader::resuming`]).
+    fn absorb(&mut self, plaintext: &[u8]) -> Result<(), CryptoError> {
+        match self.phase {
+            Phase::Failed(e) => return Err(e),
+            Phase::Finished => return Err(CryptoError::AlreadyFinished),
+            Phase::Header => {
+                self.accept_header()?;
+                self.phase = Phase::Payload;
+            }
+            Phase::Payload => {}
+        }
+        let Some(m) = self.manifest else {
+            return Err(CryptoError::ResumeMisaligned {
+                released: self.released,
+            });
+        };
+        let released = self.released + plaintext.len() as u64;
+        if released > m.payload_size {
+            return Err(CryptoError::TrailingBytes(plaintext.len()));
+        }
+        self.hasher.update(plaintext);
+        self.released = released;
+        let header = HEADER_LEN as u64;
+        match m.encryption {
+            Encryption::None => self.received = header + released,
+            Encryption::ChaCha20Poly1305 { .. } => {
+                let chunk = u64::from(m.chunk_size);
+                self.chunk_index = released / chunk;
+                self.received = header
+                    + self.chunk_index * (chunk + TAG_LEN as u64)
+                    + self.resume_partial as u64;
+                self.buf_fill = self.resume_partial;
+            }
+        }
+        Ok(())
+    }
+
+    /// First feed after [`SignedPackageReader::resuming`]: the absorbed plaintext must end on
+    /// a sealed-chunk boundary (and a plain payload has no partial chunk); a reader that
+    /// absorbed nothing starts over.
+    fn end_resume(&mut self) -> Result<(), CryptoError> {
+        self.resuming = false;
+        if self.phase == Phase::Header {
+            ResumableReader::restart(self);
+            return Ok(());
+        }
+        let Some(m) = self.manifest else {
+            return Ok(());
+        };
+        let aligned = match m.encryption {
+            Encryption::None => self.resume_partial == 0,
+            Encryption::ChaCha20Poly1305 { .. } => {
+                self.released.is_multiple_of(u64::from(m.chunk_size))
+                    && (self.resume_partial as u64) < m.chunk_len(self.chunk_index) + TAG_LEN as u64
+            }
+        };
+        if aligned {
+            Ok(())
+        } else {
+            Err(CryptoError::ResumeMisaligned {
+                released: self.released,
+            })
         }
     }
 
@@ -202,6 +350,11 @@ impl<'a> SignedPackageReader<'a> {
             Phase::Failed(e) => return Err(e),
             Phase::Finished => return Err(CryptoError::AlreadyFinished),
             Phase::Header | Phase::Payload => {}
+        }
+        if self.resuming
+            && let Err(e) = self.end_resume()
+        {
+            return Err(self.fail(e));
         }
         let mut fed = Feed::default();
         match self.feed_inner(input, out, &mut fed) {
@@ -424,18 +577,27 @@ impl PackageReader for SignedPackageReader<'_> {
     }
 }
 
-/// Signed packages resume by restarting from byte 0.
+/// A reader from [`SignedPackageReader::new`] resumes by restarting from byte 0: the state
+/// after a package prefix (the authenticated manifest, the decryptor's position and the
+/// running SHA-256 over the plaintext) needs the manifest and signature at the start of the
+/// package, which the plaintext in the slot cannot stand in for (it carries no signature), so
+/// its [`absorb_written`](ResumableReader::absorb_written) refuses and the updater downloads
+/// the package again from the start.
 ///
-/// The state after a package prefix (the authenticated manifest, the decryptor's position and
-/// the running SHA-256 over the plaintext) needs the manifest and signature at the start of
-/// the package; the plaintext in the slot cannot stand in for them (it carries no signature),
-/// so [`absorb_written`](ResumableReader::absorb_written) always refuses: bytes already in the
-/// slot are never trusted, and the updater downloads the package again from the start.
+/// A reader from [`SignedPackageReader::resuming`] has the header (and the partial sealed
+/// chunk) a device persisted with its checkpoint: it verifies the header again, re-hashes the
+/// absorbed plaintext and continues where the checkpoint left off.
 impl ResumableReader for SignedPackageReader<'_> {
-    /// Always `Err(UpdateError::InvalidState)`: the reader is left as it was, and the caller
-    /// [`restart`](ResumableReader::restart)s it and feeds the package from byte 0.
-    fn absorb_written(&mut self, _plaintext: &[u8]) -> Result<(), UpdateError> {
-        Err(UpdateError::InvalidState)
+    /// `Err(UpdateError::InvalidState)` for a reader from [`SignedPackageReader::new`] (left
+    /// as it was; the caller [`restart`](ResumableReader::restart)s it and feeds the package
+    /// from byte 0). For a reader from [`SignedPackageReader::resuming`]: the header's
+    /// verification error, if any, else `Ok` while the plaintext fits the payload.
+    fn absorb_written(&mut self, plaintext: &[u8]) -> Result<(), UpdateError> {
+        if !self.resuming {
+            return Err(UpdateError::InvalidState);
+        }
+        self.absorb(plaintext)
+            .map_err(|e| self.fail(e).update_error())
     }
 
     /// Back to the state [`SignedPackageReader::new`] gave: same key set, payload key, policy

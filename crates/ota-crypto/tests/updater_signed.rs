@@ -4,10 +4,12 @@
 
 mod common;
 
+use std::cell::RefCell;
+
 use common::*;
 use ota_core::UpdateError;
 use ota_core::checkpoint::{CHECKPOINT_LEN, Checkpoint};
-use ota_core::reader::{PackageReader, ResumableReader};
+use ota_core::reader::{Feed, PackageReader, ResumableReader};
 use ota_core::updater::{Action, Config, Instant, Kind, Offer, State, Updater};
 use ota_crypto::manifest::SemVer;
 use ota_crypto::reader::{DevicePolicy, SignedPackageReader};
@@ -651,4 +653,208 @@ fn sming_reader_restart_clears_progress_and_errors() {
     }
     PackageReader::finish(&mut reader).expect("signature verifies after restart");
     assert_eq!(image, rom);
+}
+
+/// What a device persisted of the reader next to its checkpoint: header, partial sealed
+/// chunk, package bytes received, plaintext released.
+type Saved = Option<(Vec<u8>, Vec<u8>, u64, u64)>;
+
+/// The signed reader, copying its [`ResumePoint`](ota_crypto::reader::ResumePoint) out after
+/// every feed (a device writes the last one next to each checkpoint).
+struct Tap<'a> {
+    inner: SignedPackageReader<'a>,
+    saved: &'a RefCell<Saved>,
+}
+
+impl PackageReader for Tap<'_> {
+    fn feed(&mut self, input: &[u8], out: &mut [u8]) -> Result<Feed, UpdateError> {
+        let fed = PackageReader::feed(&mut self.inner, input, out);
+        if let Some(p) = self.inner.resume_point() {
+            *self.saved.borrow_mut() = Some((
+                p.header.to_vec(),
+                p.partial.to_vec(),
+                p.received,
+                p.released,
+            ));
+        }
+        fed
+    }
+    fn finish(&mut self) -> Result<(), UpdateError> {
+        PackageReader::finish(&mut self.inner)
+    }
+    fn package_len(&self) -> Option<u64> {
+        PackageReader::package_len(&self.inner)
+    }
+    fn plaintext_len(&self) -> Option<u64> {
+        PackageReader::plaintext_len(&self.inner)
+    }
+}
+
+impl ResumableReader for Tap<'_> {
+    fn absorb_written(&mut self, plaintext: &[u8]) -> Result<(), UpdateError> {
+        self.inner.absorb_written(plaintext)
+    }
+    fn restart(&mut self) {
+        self.inner.restart();
+    }
+}
+
+/// Cuts a signed download after its second checkpoint, then resumes it with a reader built
+/// from the persisted resume point, altered by `alter` first. Returns how the second run
+/// ended, the checkpoint, and the actions of the second run.
+fn resume_from_point(
+    alter: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>),
+) -> (End, Checkpoint, Vec<Action>, Vec<u8>, Device) {
+    let plain = payload(PAYLOAD_LEN, 21);
+    let package = pack(SEALED, true, &plain);
+    let keys = key_set();
+    let payload_key = payload_key();
+    let hex = sha256_hex(&package);
+    let offer = offer("thermostat", "1.2.3", &package, &hex);
+    let mut clock = VirtualClock::new();
+    let mut server = ChunkServer::new(package.clone(), Faults::lossy(LOSS), 9);
+    let mut dev = Device::new();
+    let saved = RefCell::new(None);
+
+    let mut chunk_a = vec![0u8; SEALED as usize + 16];
+    let first = Tap {
+        inner: SignedPackageReader::new(&keys, Some(&payload_key), policy(), &mut chunk_a),
+        saved: &saved,
+    };
+    let mut buf = updater_buffer();
+    let mut up = Updater::new(config(), &mut buf, None).expect("config");
+    up.handle_offer(&offer, first, Instant::from_millis(0))
+        .expect("offer");
+    assert_eq!(
+        drive(
+            &mut up,
+            &mut server,
+            &mut clock,
+            &mut dev,
+            Cut::AfterPersists(2)
+        ),
+        End::PowerCut
+    );
+    let cp = Checkpoint::from_bytes(&dev.checkpoint.expect("a checkpoint")).expect("decodes");
+    let (mut header, mut partial, received, released) =
+        saved.borrow().clone().expect("a resume point");
+    assert_eq!((received, released), (cp.package_offset, cp.written));
+    assert!(!partial.is_empty() && partial.len() < SEALED as usize + 16);
+    alter(&mut header, &mut partial);
+    let before = dev.log.len();
+
+    let mut chunk_b = vec![0u8; SEALED as usize + 16];
+    let header: [u8; ota_crypto::HEADER_LEN] = header.try_into().expect("header length");
+    let second = SignedPackageReader::resuming(
+        &keys,
+        Some(&payload_key),
+        policy(),
+        &mut chunk_b,
+        &header,
+        &partial,
+    )
+    .expect("resuming reader");
+    let mut buf = updater_buffer();
+    let mut up = Updater::new(config(), &mut buf, Some(&cp)).expect("config");
+    up.handle_offer(&offer, second, Instant::from_millis(clock.now_ms()))
+        .expect("offer");
+    let end = drive(&mut up, &mut server, &mut clock, &mut dev, Cut::Never);
+    if end == End::Reboot {
+        confirm(&mut up, clock, &mut dev);
+    }
+    let resumed = dev.log[before..].to_vec();
+    (end, cp, resumed, plain, dev)
+}
+
+fn first_request(actions: &[Action]) -> Option<u32> {
+    actions.iter().find_map(|a| match a {
+        Action::RequestChunk { index, .. } => Some(*index),
+        _ => None,
+    })
+}
+
+#[test]
+fn signed_resume_from_a_resume_point_continues_where_it_stopped() {
+    let (end, cp, resumed, plain, dev) = resume_from_point(|_, _| {});
+    assert_eq!(end, End::Reboot);
+    assert_eq!(first_request(&resumed), Some(cp.next_chunk));
+    assert!(cp.next_chunk > 0);
+    let read_back: usize = resumed
+        .iter()
+        .filter_map(|a| match a {
+            Action::ReadBack { len, .. } => Some(*len),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(read_back as u64, cp.written);
+    assert!(
+        !resumed
+            .iter()
+            .any(|a| matches!(a, Action::RequestChunk { index: 0, .. })),
+        "nothing before the checkpoint is fetched again"
+    );
+    assert_eq!(&dev.slot[..plain.len()], &plain[..]);
+}
+
+#[test]
+fn a_resume_point_with_an_altered_header_restarts_from_zero() {
+    let (end, _, resumed, plain, dev) = resume_from_point(|header, _| header[100] ^= 1);
+    assert_eq!(end, End::Reboot);
+    assert_eq!(first_request(&resumed), Some(0));
+    assert!(resumed.contains(&Action::ClearCheckpoint));
+    assert_eq!(&dev.slot[..plain.len()], &plain[..]);
+}
+
+#[test]
+fn a_resume_point_with_an_altered_partial_chunk_fails_authentication() {
+    let (end, cp, resumed, _, dev) = resume_from_point(|_, partial| partial[0] ^= 1);
+    assert_eq!(end, End::Failed(UpdateError::DecryptionFailed));
+    assert_eq!(first_request(&resumed), Some(cp.next_chunk));
+    assert!(!dev.finalized);
+}
+
+#[test]
+fn resuming_needs_room_for_the_partial_chunk() {
+    let keys = key_set();
+    let mut small = [0u8; 8];
+    let header = [0u8; ota_crypto::HEADER_LEN];
+    let err = SignedPackageReader::resuming(&keys, None, policy(), &mut small, &header, &[1; 9])
+        .err()
+        .expect("too small");
+    assert_eq!(
+        err,
+        ota_crypto::CryptoError::ChunkBufferTooSmall {
+            needed: 9,
+            available: 8
+        }
+    );
+}
+
+#[test]
+fn a_resuming_reader_fed_without_absorbing_starts_over() {
+    let plain = payload(5000, 3);
+    let package = pack(SEALED, true, &plain);
+    let keys = key_set();
+    let payload_key = payload_key();
+    let mut chunk = vec![0u8; SEALED as usize + 16];
+    let header = [0u8; ota_crypto::HEADER_LEN];
+    let mut r = SignedPackageReader::resuming(
+        &keys,
+        Some(&payload_key),
+        policy(),
+        &mut chunk,
+        &header,
+        &[7; 10],
+    )
+    .expect("reader");
+    let mut out = vec![0u8; 8192];
+    let mut image = Vec::new();
+    let mut input = &package[..];
+    while !input.is_empty() {
+        let fed = r.feed(input, &mut out).expect("feeds");
+        image.extend_from_slice(&out[..fed.produced]);
+        input = &input[fed.consumed..];
+    }
+    r.finish().expect("verified");
+    assert_eq!(image, plain);
 }

@@ -5,7 +5,13 @@
 //!
 //! A dropped connection or a server error is a transport error for the machine: it backs
 //! off and asks for the same chunk again, within its retry budget. A process restart resumes
-//! from the last checkpoint (the machine re-reads and re-checks the written bytes first).
+//! from the last checkpoint (the machine re-reads and re-checks the written bytes first); a
+//! slot or checkpoint-store error of kind [`io::ErrorKind::Interrupted`] stands for a power
+//! cut and stops the download at once ([`DeviceError::PowerCut`]).
+//!
+//! [`HttpDevice::update`] and [`HttpDevice::download`] check plain images against the offered
+//! checksum; [`HttpDevice::update_with`] and [`HttpDevice::download_with`] take any
+//! [`ResumableReader`] (such as `ota-crypto`'s signed-package reader) and the updater's buffer.
 //!
 //! ```no_run
 //! use ota_core::updater::{Config, Kind};
@@ -29,8 +35,8 @@ use ota_core::UpdateError;
 use ota_core::checkpoint::{CHECKPOINT_LEN, Checkpoint};
 use ota_core::frame::thingsboard::{AttributesResponse, FirmwareInfo, JsonError, JsonStr};
 use ota_core::updater::{
-    Action, Config, ConfigError, Instant, Kind, Offer, PlainReader, Progress, Report, State,
-    Updater, fw_error,
+    Action, Config, ConfigError, Instant, Kind, Offer, PlainReader, Progress, Report,
+    ResumableReader, State, Updater, fw_error,
 };
 use serde_json::{Map, Value};
 
@@ -178,6 +184,11 @@ pub enum DeviceError {
     /// The updater configuration was refused.
     #[error("updater configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The slot or the checkpoint store failed with [`io::ErrorKind::Interrupted`]: the
+    /// device lost power. The download stopped at once, without telling the updater or the
+    /// server; the next run resumes from the last stored checkpoint.
+    #[error("power cut: {0}")]
+    PowerCut(io::Error),
 }
 
 /// An update offer read from the shared attributes, owned.
@@ -529,6 +540,34 @@ impl HttpDevice {
         slot: &mut S,
         checkpoints: &mut C,
     ) -> Result<Outcome, DeviceError> {
+        let mut buf = vec![0u8; self.chunk_len()];
+        self.update_with(slot, checkpoints, &mut buf, |offer| {
+            PlainReader::for_offer(&offer.as_offer())
+        })
+    }
+
+    /// Bytes per chunk request.
+    fn chunk_len(&self) -> usize {
+        usize::try_from(self.config.chunk_size).unwrap_or(usize::MAX)
+    }
+
+    /// Like [`HttpDevice::update`], with the package reader `make_reader` builds for the
+    /// offer (a signed-package reader, for example) instead of the plain one, and `buf` as
+    /// the updater's plaintext buffer (see [`HttpDevice::download_with`]). A reader that
+    /// cannot be built fails the update with its error, reported as `FAILED`.
+    pub fn update_with<R, S, C, F>(
+        &mut self,
+        slot: &mut S,
+        checkpoints: &mut C,
+        buf: &mut [u8],
+        make_reader: F,
+    ) -> Result<Outcome, DeviceError>
+    where
+        R: ResumableReader,
+        S: Slot,
+        C: CheckpointStore,
+        F: FnOnce(&OwnedOffer) -> Result<R, UpdateError>,
+    {
         let Some(offer) = self.fetch_offer()? else {
             return Ok(Outcome::NoOffer);
         };
@@ -542,29 +581,68 @@ impl HttpDevice {
         {
             return Ok(Outcome::UpToDate);
         }
-        self.download(&offer, slot, checkpoints)
+        match make_reader(&offer) {
+            Ok(reader) => self.download_with(&offer, reader, buf, slot, checkpoints),
+            Err(e) => Ok(self.refuse(e)),
+        }
     }
 
-    /// Downloads `offer` (see [`HttpDevice::update`]).
+    /// Reports `FAILED` with `e` for an offer that cannot be downloaded.
+    fn refuse(&mut self, e: UpdateError) -> Outcome {
+        let report = Report {
+            kind: self.kind,
+            state: State::Failed(e),
+            progress: Progress::default(),
+        };
+        self.report(&Self::report_values(&report));
+        Outcome::Failed(e)
+    }
+
+    /// Downloads `offer` (see [`HttpDevice::update`]), checked against its SHA/CRC checksum
+    /// by `ota-core`'s plain reader. A slot or checkpoint-store error of kind
+    /// [`io::ErrorKind::Interrupted`] is a power cut ([`DeviceError::PowerCut`], see
+    /// [`HttpDevice::download_with`]).
     pub fn download<S: Slot, C: CheckpointStore>(
         &mut self,
         offer: &OwnedOffer,
         slot: &mut S,
         checkpoints: &mut C,
     ) -> Result<Outcome, DeviceError> {
-        let clock = Clock(std::time::Instant::now());
-        let reader = match PlainReader::for_offer(&offer.as_offer()) {
-            Ok(r) => r,
-            Err(e) => {
-                let report = Report {
-                    kind: self.kind,
-                    state: State::Failed(e),
-                    progress: Progress::default(),
-                };
-                self.report(&Self::report_values(&report));
-                return Ok(Outcome::Failed(e));
+        match PlainReader::for_offer(&offer.as_offer()) {
+            Ok(reader) => {
+                let mut buf = vec![0u8; self.chunk_len()];
+                self.download_with(offer, reader, &mut buf, slot, checkpoints)
             }
-        };
+            Err(e) => Ok(self.refuse(e)),
+        }
+    }
+
+    /// Downloads `offer` through `reader` (see [`HttpDevice::update`]): any
+    /// [`ResumableReader`], such as `ota-crypto`'s signed-package reader, which verifies (and
+    /// decrypts) what is written to the slot. A reader error fails the update (reported as
+    /// `FAILED` with its `fw_error`) and nothing is finalized.
+    ///
+    /// `buf` is the updater's plaintext buffer: at least the chunk size, and large enough for
+    /// the plaintext one chunk can release (for a signed and encrypted package: the chunk size
+    /// plus one sealed chunk, as the reader opens a whole sealed chunk at once). A buffer
+    /// shorter than the chunk size is refused with [`DeviceError::Config`].
+    ///
+    /// A slot or checkpoint-store error of kind [`io::ErrorKind::Interrupted`] stands for a
+    /// power cut: the call returns [`DeviceError::PowerCut`] at once, sending nothing more.
+    pub fn download_with<R, S, C>(
+        &mut self,
+        offer: &OwnedOffer,
+        reader: R,
+        buf: &mut [u8],
+        slot: &mut S,
+        checkpoints: &mut C,
+    ) -> Result<Outcome, DeviceError>
+    where
+        R: ResumableReader,
+        S: Slot,
+        C: CheckpointStore,
+    {
+        let clock = Clock(std::time::Instant::now());
         let stored = match checkpoints.load() {
             Ok(Some(bytes)) => match Checkpoint::from_bytes(&bytes) {
                 Ok(c) => Some(c),
@@ -574,15 +652,16 @@ impl HttpDevice {
                 }
             },
             Ok(None) => None,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                return Err(DeviceError::PowerCut(e));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoint store unreadable; starting over");
                 None
             }
         };
-        let chunk = usize::try_from(self.config.chunk_size).unwrap_or(usize::MAX);
-        let mut buf = vec![0u8; chunk];
-        let mut back = vec![0u8; chunk];
-        let mut up = Updater::new(self.config, &mut buf, stored.as_ref())?;
+        let mut back = vec![0u8; self.chunk_len()];
+        let mut up = Updater::new(self.config, buf, stored.as_ref())?;
         // A refused offer queues its FAILED report; the loop below sends it.
         let _ = up.handle_offer(&offer.as_offer(), reader, clock.now());
         loop {
@@ -614,10 +693,10 @@ impl HttpDevice {
     }
 
     /// Performs one action of the machine; `Some` ends the download.
-    fn act<S: Slot, C: CheckpointStore>(
+    fn act<R: ResumableReader, S: Slot, C: CheckpointStore>(
         &mut self,
         action: Action,
-        up: &mut Updater<'_, PlainReader>,
+        up: &mut Updater<'_, R>,
         offer: &OwnedOffer,
         io: &mut Io<'_, S, C>,
     ) -> Result<Option<Outcome>, DeviceError> {
@@ -647,6 +726,9 @@ impl HttpDevice {
                 Ok(()) => {
                     let _ = up.handle_write_done(now);
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    return Err(DeviceError::PowerCut(e));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, offset, "slot write failed");
                     up.handle_error(UpdateError::InstallationFailed, now);
@@ -662,6 +744,9 @@ impl HttpDevice {
                         self.stats.read_back += len as u64;
                         let _ = up.handle_read_back(part, now);
                     }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                        return Err(DeviceError::PowerCut(e));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, offset, "slot read failed");
                         up.handle_error(UpdateError::InstallationFailed, now);
@@ -670,6 +755,9 @@ impl HttpDevice {
             }
             Action::Persist(c) => {
                 if let Err(e) = io.checkpoints.save(&c.to_bytes()) {
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        return Err(DeviceError::PowerCut(e));
+                    }
                     tracing::warn!(error = %e, "checkpoint not saved");
                 }
                 let mut m = Map::new();
@@ -681,6 +769,9 @@ impl HttpDevice {
             }
             Action::ClearCheckpoint => {
                 if let Err(e) = io.checkpoints.clear() {
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        return Err(DeviceError::PowerCut(e));
+                    }
                     tracing::warn!(error = %e, "checkpoint not cleared");
                 }
             }
@@ -688,6 +779,9 @@ impl HttpDevice {
             Action::Finalize => match io.slot.finalize() {
                 Ok(()) => {
                     let _ = up.handle_finalize_done(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    return Err(DeviceError::PowerCut(e));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "slot finalize failed");

@@ -14,10 +14,11 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use common::{Server, TOKEN, image};
+use ota_core::UpdateError;
 use ota_core::checkpoint::CHECKPOINT_LEN;
-use ota_core::updater::{Config, Kind};
+use ota_core::updater::{Config, ConfigError, Kind, PlainReader};
 use ota_http::device::{
-    CheckpointStore, DeviceError, HttpDevice, MemoryCheckpoints, MemorySlot, Outcome,
+    CheckpointStore, DeviceError, HttpDevice, MemoryCheckpoints, MemorySlot, Outcome, Slot,
 };
 use ota_server::model::{PackageType, UpdateState};
 
@@ -500,5 +501,126 @@ fn garbage_from_one_source_does_not_disturb_a_device() {
     assert_eq!(
         (after.status, after.body.as_slice()),
         (200, &img[3072..4096])
+    );
+}
+
+/// A slot that loses power at its write number `writes_left + 1`: that write and every later
+/// one fail with [`std::io::ErrorKind::Interrupted`].
+struct DyingSlot {
+    inner: MemorySlot,
+    writes_left: u32,
+}
+
+impl Slot for DyingSlot {
+    fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        if self.writes_left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "power cut",
+            ));
+        }
+        self.writes_left -= 1;
+        self.inner.write(offset, data)
+    }
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, buf)
+    }
+    fn finalize(&mut self) -> std::io::Result<()> {
+        self.inner.finalize()
+    }
+}
+
+#[test]
+fn an_interrupted_write_is_a_power_cut_that_reports_nothing_and_resumes() {
+    let img = image(20_000, 5);
+    let s = Server::start(&img);
+    let mut dev = HttpDevice::new(&s.base(), TOKEN, Kind::Firmware, config(1024));
+    let offer = dev.fetch_offer().expect("attributes").expect("an offer");
+    let reader = PlainReader::for_offer(&offer.as_offer()).expect("plain reader");
+    let mut slot = DyingSlot {
+        inner: MemorySlot::new(1 << 20),
+        writes_left: 5,
+    };
+    let mut cps = MemoryCheckpoints::default();
+    let mut buf = vec![0u8; 1024];
+    let err = dev
+        .download_with(&offer, reader, &mut buf, &mut slot, &mut cps)
+        .expect_err("the power went");
+    assert!(
+        matches!(&err, DeviceError::PowerCut(e) if e.kind() == std::io::ErrorKind::Interrupted),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "power cut: power cut");
+    // Six chunks asked for, the sixth not written; no FAILED went to the server.
+    assert_eq!(dev.stats().chunk_requests, 6);
+    assert_eq!(state(&s).state, Some(UpdateState::Downloading));
+    assert!(!slot.inner.finalized);
+    assert!(cps.record.is_some(), "the checkpoint after 4 chunks");
+
+    // Power back: the stored checkpoint's 4 KiB are re-read, the rest downloaded.
+    let mut restarted = HttpDevice::new(&s.base(), TOKEN, Kind::Firmware, config(1024));
+    let outcome = restarted
+        .update(&mut slot.inner, &mut cps)
+        .expect("resumed run");
+    assert!(matches!(outcome, Outcome::Installed { .. }), "{outcome:?}");
+    assert!(slot.inner.bytes[..img.len()] == img[..]);
+    assert_eq!(
+        (
+            restarted.stats().read_back,
+            restarted.stats().chunk_requests
+        ),
+        (4 * 1024, 20 - 4)
+    );
+}
+
+#[test]
+fn a_plaintext_buffer_shorter_than_a_chunk_is_refused() {
+    let img = image(4_000, 6);
+    let s = Server::start(&img);
+    let mut dev = HttpDevice::new(&s.base(), TOKEN, Kind::Firmware, config(1024));
+    let mut slot = MemorySlot::new(1 << 20);
+    let mut cps = MemoryCheckpoints::default();
+    let mut buf = vec![0u8; 1000];
+    let err = dev
+        .update_with(&mut slot, &mut cps, &mut buf, |offer| {
+            PlainReader::for_offer(&offer.as_offer())
+        })
+        .expect_err("buffer too small");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Config(ConfigError::BufferTooSmall {
+                buffer: 1000,
+                chunk_size: 1024
+            })
+        ),
+        "{err}"
+    );
+    assert_eq!(dev.stats().chunk_requests, 0);
+}
+
+#[test]
+fn a_reader_that_cannot_be_built_fails_the_update_and_reports_it() {
+    let img = image(4_000, 7);
+    let s = Server::start(&img);
+    let mut dev = HttpDevice::new(&s.base(), TOKEN, Kind::Firmware, config(1024));
+    let mut slot = MemorySlot::new(1 << 20);
+    let mut cps = MemoryCheckpoints::default();
+    let mut buf = vec![0u8; 1024];
+    let outcome = dev
+        .update_with(&mut slot, &mut cps, &mut buf, |_| {
+            Err::<PlainReader, _>(UpdateError::WrongTarget)
+        })
+        .expect("a refused update is an outcome");
+    assert_eq!(outcome, Outcome::Failed(UpdateError::WrongTarget));
+    assert_eq!(dev.stats().chunk_requests, 0);
+    let st = state(&s);
+    assert_eq!(st.state, Some(UpdateState::Failed));
+    assert!(
+        st.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("WRONG_TARGET")),
+        "{:?}",
+        st.error
     );
 }

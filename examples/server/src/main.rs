@@ -1,23 +1,36 @@
 //! `ota-demo-server`: the OTA service on its embedded default (an SQLite file and a local blob
 //! directory in `--data-dir`) serving ThingsBoard's HTTP device API (plus the REST
-//! management API) and its CoAP device API on loopback, with demo firmware uploaded and
-//! assigned.
+//! management API) and its CoAP device API on loopback, with demo firmware signed,
+//! encrypted, uploaded and assigned.
 //!
-//! On a new data directory it creates the profile `demo` whose default firmware is
-//! `ota-demo` 1.1.0 (self-test passes), three devices — `demo-http-1` and `demo-coap-1` on the
-//! profile default, `demo-fail-1` assigned `ota-demo` 1.2.0 whose self-test fails — and
-//! prints one machine-readable line once both listeners are bound:
+//! On a new data directory it creates the product's keys (kept in the directory; see
+//! below), the profile `demo` whose default firmware is `ota-demo` 1.1.0 (self-test passes),
+//! the devices `demo-http-1`, `demo-coap-1` and `demo-cut-1` on the profile default,
+//! `demo-fail-1` assigned `ota-demo` 1.2.0 whose self-test fails, and `demo-rogue-1`
+//! assigned `ota-demo` 1.3.0 signed by a key the devices do not trust. Then it prints one
+//! machine-readable line once both listeners are bound:
 //!
 //! ```text
-//! READY http=127.0.0.1:40123 coap=127.0.0.1:51234 token=demo-http-1 tokens=demo-http-1,demo-coap-1,demo-fail-1 data=/tmp/…
+//! READY http=127.0.0.1:40123 coap=127.0.0.1:51234 token=demo-http-1 tokens=demo-http-1,… keys=/tmp/…/device-keys data=/tmp/…
 //! ```
 //!
 //! Then a line per change of a device's recorded update state
 //! (`STATE token=demo-http-1 fw_state=UPDATED current=1.1.0 target=1.1.0`), until SIGINT or
 //! SIGTERM.
 //!
-//! The firmware is a plain image checked by SHA-256 (ThingsBoard's `fw_checksum`): the HTTP
-//! and CoAP device clients drive `ota-core`'s plain reader.
+//! Every package is an `ota-crypto` package (`manifest ‖ signature ‖ payload`, see
+//! `docs/format.md`): signed with ed25519 by the signing key, whose public key is in the key
+//! set signed by the root key, and encrypted with ChaCha20-Poly1305 under the payload key.
+//! The server itself checks only the SHA-256 of what was uploaded (ThingsBoard's
+//! `fw_checksum`); the devices verify signature, tags and digest.
+//!
+//! ```text
+//! <data-dir>/keys/root.key              root signing secret (hex seed; kept offline in a real product)
+//! <data-dir>/keys/signing.key           package signing secret (hex seed)
+//! <data-dir>/device-keys/root.pub       root public key: what devices pin
+//! <data-dir>/device-keys/keyset.bin     the key set, signed by the root key
+//! <data-dir>/device-keys/payload.key    payload key (devices hold it to decrypt)
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,7 +43,13 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use ota_core::checksum::ChecksumAlgorithm;
+use ota_crypto::keyfile;
+use ota_crypto::keys::{KeyEntry, KeySet, PayloadKey, SigningSecret};
+use ota_crypto::manifest::{Kind, SemVer};
+use ota_crypto::writer::{PackageSpec, PackageWriter, Sealing};
+use ota_demo_device::device::DEFAULT_TARGET;
 use ota_demo_device::image;
+use ota_demo_device::trust::{KEY_SET_FILE, PAYLOAD_FILE, ROOT_FILE};
 use ota_server::config::Config;
 use ota_server::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageId, PackageSource, PackageType, ProfileId,
@@ -45,12 +64,14 @@ const TITLE: &str = "ota-demo";
 const GOOD_VERSION: &str = "1.1.0";
 /// The version `demo-fail-1` is offered (its self-test fails).
 const BAD_VERSION: &str = "1.2.0";
+/// The version `demo-rogue-1` is offered (signed by a key the devices do not trust).
+const ROGUE_VERSION: &str = "1.3.0";
 /// Devices on the profile default.
-const TOKENS: [&str; 2] = ["demo-http-1", "demo-coap-1"];
+const TOKENS: [&str; 3] = ["demo-http-1", "demo-coap-1", "demo-cut-1"];
 /// The device assigned the failing image.
 const FAIL_TOKEN: &str = "demo-fail-1";
-/// Size of the demo images.
-const IMAGE_LEN: usize = 200_000;
+/// The device assigned the package signed by an untrusted key.
+const ROGUE_TOKEN: &str = "demo-rogue-1";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,13 +91,121 @@ struct Args {
     /// Password of the REST admin user `tenant@thingsboard.org`.
     #[arg(long, default_value = "demo")]
     admin_password: String,
+    /// Size of the demo images (plaintext bytes) on a new data directory.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(32..=250_000))]
+    image_len: u64,
+}
+
+/// The product's keys.
+struct Keys {
+    /// Signs packages; in the key set.
+    signing: SigningSecret,
+    /// Encrypts payloads.
+    payload: PayloadKey,
+}
+
+/// Writes `text` to `path`, readable by the owner only on Unix.
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Loads the keys from `dir`, or creates them (root, signing and payload key, and the key set
+/// the root signs) when `dir/keys` does not exist yet.
+fn keys(dir: &Path) -> anyhow::Result<Keys> {
+    let secrets = dir.join("keys");
+    let public = dir.join("device-keys");
+    if secrets.exists() {
+        let signing = keyfile::parse_signing_secret(&read_text(&secrets.join("signing.key"))?)
+            .context("signing key")?;
+        let payload = keyfile::parse_payload_key(&read_text(&public.join(PAYLOAD_FILE))?)
+            .context("payload key")?;
+        println!("setup: keys in {} reused", secrets.display());
+        return Ok(Keys { signing, payload });
+    }
+    let root = SigningSecret::generate().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+    let signing = SigningSecret::generate().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+    let payload = PayloadKey::generate().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+    let set = KeySet::new(1, &[KeyEntry::new(signing.public_key(), 0, None)], &[])?;
+    // Public half first: a crash in between leaves no `keys/`, and the next start redoes it.
+    std::fs::create_dir_all(&public).with_context(|| format!("creating {}", public.display()))?;
+    std::fs::write(
+        public.join(ROOT_FILE),
+        &*keyfile::to_hex32(&root.public_key()),
+    )?;
+    std::fs::write(public.join(KEY_SET_FILE), set.sign(&root))?;
+    let tmp = dir.join("keys.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    write_secret(
+        &tmp.join(PAYLOAD_FILE),
+        &keyfile::to_hex32(payload.as_bytes()),
+    )?;
+    write_secret(&tmp.join("root.key"), &keyfile::to_hex32(&root.to_seed()))?;
+    write_secret(
+        &tmp.join("signing.key"),
+        &keyfile::to_hex32(&signing.to_seed()),
+    )?;
+    std::fs::copy(tmp.join(PAYLOAD_FILE), public.join(PAYLOAD_FILE))?;
+    std::fs::rename(&tmp, &secrets)?;
+    println!(
+        "setup: keys created: root {} (pinned by devices), signing {} (key set v1), payload {}",
+        root.key_id(),
+        signing.key_id(),
+        payload.key_id()
+    );
+    Ok(Keys { signing, payload })
+}
+
+/// A demo image of `len` bytes for `version`, signed by `signer` and encrypted.
+fn pack(
+    signer: &SigningSecret,
+    payload: &PayloadKey,
+    version: &str,
+    self_test_passes: bool,
+    len: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let v = ota_core::version::Version::parse(version)
+        .map_err(|e| anyhow::anyhow!("version {version:?}: {e:?}"))?;
+    let spec = PackageSpec::new(
+        Kind::Firmware,
+        TITLE,
+        SemVer::new(v.major, v.minor, v.patch),
+        DEFAULT_TARGET,
+        now_secs(),
+    )?;
+    let writer = PackageWriter::new(signer, spec, Sealing::chacha20poly1305(payload)?);
+    Ok(writer.pack_bytes(&image::build(version, self_test_passes, len))?)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 async fn create_package(
     ota: &Ota,
     profile: ProfileId,
     version: &str,
-    self_test_passes: bool,
+    package: Vec<u8>,
 ) -> anyhow::Result<OtaPackage> {
     let p = OtaPackage {
         id: PackageId::new_random(),
@@ -94,10 +223,10 @@ async fn create_package(
     let meta = UploadMeta {
         algorithm: ChecksumAlgorithm::Sha256,
         declared: None,
-        file_name: format!("{TITLE}-{version}.bin"),
+        file_name: format!("{TITLE}-{version}.otapkg"),
         content_type: "application/octet-stream".into(),
     };
-    let bytes = Bytes::from(image::build(version, self_test_passes, IMAGE_LEN));
+    let bytes = Bytes::from(package);
     let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes)]);
     Ok(ota.upload(p.id, meta, body).await?)
 }
@@ -116,7 +245,7 @@ fn device(profile: ProfileId, token: &str, firmware: Option<PackageId>) -> Devic
 }
 
 /// Creates the profile, firmware and devices unless the profile exists already.
-async fn provision(ota: &Ota) -> anyhow::Result<()> {
+async fn provision(ota: &Ota, keys: &Keys, image_len: usize) -> anyhow::Result<()> {
     if ota
         .store()
         .profiles()
@@ -135,8 +264,15 @@ async fn provision(ota: &Ota) -> anyhow::Result<()> {
         software_id: None,
     };
     ota.store().create_profile(&profile).await?;
-    let good = create_package(ota, profile.id, GOOD_VERSION, true).await?;
-    let bad = create_package(ota, profile.id, BAD_VERSION, false).await?;
+    let (signer, sealer) = (&keys.signing, &keys.payload);
+    let good = pack(signer, sealer, GOOD_VERSION, true, image_len)?;
+    let good = create_package(ota, profile.id, GOOD_VERSION, good).await?;
+    let bad = pack(signer, sealer, BAD_VERSION, false, image_len)?;
+    let bad = create_package(ota, profile.id, BAD_VERSION, bad).await?;
+    // Generated here and forgotten: no key set names it.
+    let untrusted = SigningSecret::generate().map_err(|e| anyhow::anyhow!("OS RNG: {e}"))?;
+    let rogue = pack(&untrusted, sealer, ROGUE_VERSION, true, image_len)?;
+    let rogue = create_package(ota, profile.id, ROGUE_VERSION, rogue).await?;
     profile.firmware_id = Some(good.id);
     ota.set_profile_packages(&profile).await?;
     for token in TOKENS {
@@ -144,17 +280,20 @@ async fn provision(ota: &Ota) -> anyhow::Result<()> {
     }
     ota.create_device(&device(profile.id, FAIL_TOKEN, Some(bad.id)))
         .await?;
-    for p in [&good, &bad] {
+    ota.create_device(&device(profile.id, ROGUE_TOKEN, Some(rogue.id)))
+        .await?;
+    for p in [&good, &bad, &rogue] {
         if let Some(d) = p.data() {
             println!(
-                "setup: uploaded {} {} ({} bytes, {} {})",
-                p.title, p.version, d.size, d.checksum_algorithm, d.checksum
+                "setup: uploaded {} {} ({} bytes signed+encrypted, {} {}) blob={}",
+                p.title, p.version, d.size, d.checksum_algorithm, d.checksum, d.blob_key
             );
         }
     }
     println!(
-        "setup: profile {PROFILE:?} → {TITLE} {GOOD_VERSION}; devices {}, {FAIL_TOKEN} → {TITLE} {BAD_VERSION} (self-test fails)",
-        TOKENS.join(", ")
+        "setup: profile {PROFILE:?} → {TITLE} {GOOD_VERSION}; devices {}; {FAIL_TOKEN} → {TITLE} {BAD_VERSION} (self-test fails); {ROGUE_TOKEN} → {TITLE} {ROGUE_VERSION} (signed by untrusted key {})",
+        TOKENS.join(", "),
+        untrusted.key_id()
     );
     Ok(())
 }
@@ -221,14 +360,21 @@ async fn shutdown_signal() {
 async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let blobs = dir.join("blobs");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    // The blob store and the printed paths need an absolute directory.
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let blobs = dir.join("blobs");
     let config = Config {
         database_url: format!("sqlite://{}", dir.join("ota.db").display()),
         blob_url: format!("file://{}", blobs.display()),
         admin_password: args.admin_password.clone(),
         ..Config::default()
     };
+    let keys = keys(dir)?;
     let (rest, ota) = ota_server::server::build(&config).await?;
-    provision(&ota).await?;
+    let image_len = usize::try_from(args.image_len).context("--image-len")?;
+    provision(&ota, &keys, image_len).await?;
     let app = rest.merge(ota_http::router(ota.clone()));
     let tcp = tokio::net::TcpListener::bind(args.http)
         .await
@@ -240,9 +386,10 @@ async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let coap = tokio::spawn(ota_coap::server::serve(udp, ota.clone()));
     let watcher = tokio::spawn(watch_states(ota.clone()));
     println!(
-        "READY http={http_addr} coap={coap_addr} token={} tokens={},{FAIL_TOKEN} data={}",
+        "READY http={http_addr} coap={coap_addr} token={} tokens={},{FAIL_TOKEN},{ROGUE_TOKEN} keys={} data={}",
         TOKENS[0],
         TOKENS.join(","),
+        dir.join("device-keys").display(),
         dir.display()
     );
     axum::serve(tcp, app)
