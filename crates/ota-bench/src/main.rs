@@ -177,6 +177,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         COAP_DEVICE.1,
         coap_image.display(),
     );
+    // Small responses: send each as soon as it is written (as otad does).
+    let tcp = axum::serve::ListenerExt::tap_io(tcp, |s| {
+        if let Err(e) = s.set_nodelay(true) {
+            eprintln!("TCP_NODELAY not set: {e}");
+        }
+    });
     axum::serve(tcp, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -120,6 +120,12 @@ pub async fn serve_app(
         })
     };
     tracing::info!(addr = %listener.local_addr()?, "otad listening");
+    // Device requests are small request/response pairs: send each response at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -90,6 +90,11 @@ pub async fn run(
             let bound = local("the HTTP device API", addr, l.local_addr())?;
             tracing::info!(addr = %bound, "HTTP device API listening");
             tasks.0.push(tokio::spawn(async move {
+                let l = axum::serve::ListenerExt::tap_io(l, |s| {
+                    if let Err(e) = s.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
+                });
                 if let Err(e) = axum::serve(l, device_http).await {
                     tracing::error!(error = %e, "HTTP device API server failed");
                 }
