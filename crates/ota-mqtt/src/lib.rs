@@ -5,8 +5,13 @@
 //! name, and update with ThingsBoard's device API (`v1/devices/me/...`, `v2/fw|sw/...`), so
 //! unmodified ThingsBoard device SDKs work against it. Every reply goes to the asking
 //! session only; the rules live in `ota-server`'s [`DeviceApi`](ota_server::service::DeviceApi).
+//!
+//! The `device` feature provides the other side: [`device::MqttDevice`], a ThingsBoard MQTT
+//! device client that drives `ota-core`'s `Updater` and resumes after lost connections.
 
 pub mod chunk;
+#[cfg(feature = "device")]
+pub mod device;
 pub mod filter;
 #[cfg(feature = "server")]
 pub mod server;
