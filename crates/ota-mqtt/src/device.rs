@@ -343,6 +343,19 @@ impl MqttDevice {
                         Ok(_) => continue,
                         Err(ConnectionError::ConnectionRefused(code)) => LinkEvent::Refused(code),
                         Err(e) => {
+                            // Messages read together with the end of the connection (an
+                            // error code before the server closes) still count.
+                            while let Some(ev) = eventloop.state.events.pop_front() {
+                                if let Event::Incoming(Packet::Publish(p)) = ev {
+                                    let m = LinkEvent::Message {
+                                        topic: p.topic,
+                                        payload: p.payload,
+                                    };
+                                    if tx.send(m).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
                             if tx.send(LinkEvent::Lost(e.to_string())).await.is_err() {
                                 break;
                             }

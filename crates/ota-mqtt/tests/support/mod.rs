@@ -108,6 +108,11 @@ impl Probe {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        while let Some(ev) = el.state.events.pop_front() {
+                            if let Event::Incoming(Packet::Publish(p)) = ev {
+                                let _ = tx.send(Seen::Publish(p.topic, p.payload.to_vec()));
+                            }
+                        }
                         let _ = tx.send(Seen::Closed(e.to_string()));
                         break;
                     }
