@@ -284,7 +284,7 @@ async fn one_device(
     .running(TITLE, "0.0.0")
     .client_id(&token)
     .link_options(LinkOptions {
-        attribute_timeout: Duration::from_secs(60),
+        attribute_timeout: Duration::from_mins(1),
         ..LinkOptions::default()
     });
     if relay.is_some() {
@@ -324,7 +324,7 @@ async fn start_relay(
             broker.ip().to_string(),
             broker.port(),
         );
-        o.set_keep_alive(Duration::from_secs(60));
+        o.set_keep_alive(Duration::from_mins(1));
         o.set_inflight(u16::MAX);
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 65_536);
@@ -493,7 +493,7 @@ async fn idle(server: SocketAddr, devices: usize, relay: bool, ramp: u32) -> any
         let token = format!("{TOKEN_PREFIX}{i}");
         let mut o = MqttOptions::new(token.clone(), server.ip().to_string(), server.port());
         o.set_credentials(token, String::new());
-        o.set_keep_alive(Duration::from_secs(60));
+        o.set_keep_alive(Duration::from_mins(1));
         let (client, mut el) = AsyncClient::new(o, 8);
         let filters: Vec<String> = if relay {
             vec![format!("relay/{i}/res/+/chunk/+")]
@@ -536,7 +536,7 @@ async fn idle(server: SocketAddr, devices: usize, relay: bool, ramp: u32) -> any
     }
     let mut ok = 0;
     while ok < devices {
-        match tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await {
+        match tokio::time::timeout(Duration::from_mins(1), ready_rx.recv()).await {
             Ok(Some(Ok(()))) => ok += 1,
             Ok(Some(Err(e))) => bail!("idle device lost its connection: {e}"),
             _ => bail!("only {ok} of {devices} idle devices connected"),
