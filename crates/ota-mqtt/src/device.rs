@@ -38,6 +38,7 @@ use ota_core::UpdateError;
 use ota_core::checkpoint::Checkpoint;
 use ota_core::frame::thingsboard::JsonError;
 use ota_core::reader::ResumableReader;
+use ota_core::topic::Topic;
 use ota_core::updater::{
     Action, Config, ConfigError, Instant, Kind, PlainReader, Progress, Report, State, Updater,
     fw_error,
@@ -94,15 +95,21 @@ impl Dialect {
 
     /// `(reqId, n)` of a chunk answer topic.
     fn chunk_answer(&self, kind: Kind, topic: &str) -> Option<(u32, u32)> {
-        let rest = match self {
-            Self::ThingsBoard => topic
-                .strip_prefix("v2/")?
-                .strip_prefix(kind.prefix())?
-                .strip_prefix("/response/")?,
-            Self::Relay { prefix } => topic.strip_prefix(prefix.as_str())?.strip_prefix("/res/")?,
-        };
-        let (req, index) = rest.split_once("/chunk/")?;
-        Some((req.parse().ok()?, index.parse().ok()?))
+        match self {
+            Self::ThingsBoard => match Topic::parse(topic) {
+                Ok(Topic::ChunkResponse {
+                    kind: k,
+                    request_id,
+                    chunk,
+                }) if k == kind => Some((request_id.as_str().parse().ok()?, chunk)),
+                _ => None,
+            },
+            Self::Relay { prefix } => {
+                let rest = topic.strip_prefix(prefix.as_str())?.strip_prefix("/res/")?;
+                let (req, index) = rest.split_once("/chunk/")?;
+                Some((req.parse().ok()?, index.parse().ok()?))
+            }
+        }
     }
 
     const fn is_thingsboard(&self) -> bool {
@@ -511,7 +518,10 @@ impl MqttDevice {
                 }
             }
         } else {
-            let id = topic.rsplit('/').next().and_then(|s| s.parse::<u32>().ok());
+            let id = match Topic::parse(topic) {
+                Ok(Topic::AttributesResponse { id }) => Some(id),
+                _ => None,
+            };
             if id != Some(self.attr_request) {
                 self.stats.ignored += 1;
                 return Ok(OfferChange::Unchanged);
@@ -598,6 +608,8 @@ impl MqttDevice {
     pub async fn fetch_offer(&mut self) -> Result<Option<OwnedOffer>, DeviceError> {
         let timeout = self.link_options.attribute_timeout;
         let answer_by = tokio::time::Instant::now() + timeout;
+        // Connected: ask now; otherwise the connection asks once it is up.
+        self.attr_answered = false;
         let connected = self.link().connected;
         if connected {
             self.request_attributes();
@@ -990,7 +1002,29 @@ struct Io<'a, S, C> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::{Dialect, Kind};
+
+    proptest! {
+        #[test]
+        fn chunk_topics_round_trip(req in any::<u32>(), index in 0..=i32::MAX as u32, prefix in "[a-z]{1,8}/[0-9]{1,6}") {
+            let tb = Dialect::ThingsBoard;
+            for kind in [Kind::Firmware, Kind::Software] {
+                let answer = tb.request_topic(kind, req, index).replace("/request/", "/response/");
+                prop_assert_eq!(tb.chunk_answer(kind, &answer), Some((req, index)));
+            }
+            let relay = Dialect::Relay { prefix };
+            let answer = relay.request_topic(Kind::Firmware, req, index).replace("/req/", "/res/");
+            prop_assert_eq!(relay.chunk_answer(Kind::Firmware, &answer), Some((req, index)));
+        }
+
+        #[test]
+        fn any_topic_is_parsed_without_panicking(topic in "\\PC{0,64}") {
+            let _ = Dialect::ThingsBoard.chunk_answer(Kind::Firmware, &topic);
+            let _ = Dialect::Relay { prefix: "r".into() }.chunk_answer(Kind::Firmware, &topic);
+        }
+    }
 
     #[test]
     fn chunk_answers_are_parsed_per_dialect() {

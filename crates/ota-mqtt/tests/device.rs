@@ -119,6 +119,24 @@ fn refused_token_and_missing_offer_are_reported() {
             .expect("download ends");
         assert_eq!(out, Outcome::Failed(ota_core::UpdateError::Cancelled));
         idle.close().await;
+        // A chunk size over ThingsBoard's limit: PAYLOAD_TOO_LARGE, a typed error.
+        let mut greedy = MqttDevice::new(
+            "127.0.0.1",
+            s.addr.port(),
+            TOKEN,
+            Kind::Firmware,
+            Config::new(70_000, 1 << 20),
+        );
+        let mut big_slot = MemorySlot::new(1 << 20);
+        let err = greedy
+            .update(&mut big_slot, &mut checkpoints)
+            .await
+            .expect_err("refused chunk size");
+        assert!(
+            matches!(err, DeviceError::ChunkTooLarge(70_000)),
+            "unexpected {err:?}"
+        );
+        greedy.close().await;
         // Nothing listens on a closed port: the client gives up after its reconnects.
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -298,4 +316,65 @@ fn sessions_never_see_each_others_answers() {
             "only its own answer"
         );
     });
+}
+
+/// Waits (inside the server's runtime) until the server served `n` chunk reads.
+async fn after_reads(s: &Server, n: usize) {
+    while s.chunk_reads().len() < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[test]
+fn a_pushed_reassignment_replaces_the_download_in_progress() {
+    let img = image(1 << 20, 31);
+    let next = image(30_000, 32);
+    let s = Server::start(&img);
+    s.block_on(async {
+        let mut dev = device(s.addr.port(), TOKEN);
+        let mut slot = MemorySlot::new(1 << 20);
+        let mut checkpoints = MemoryCheckpoints::default();
+        let (out, _) = tokio::join!(dev.update(&mut slot, &mut checkpoints), async {
+            after_reads(&s, 8).await;
+            s.reassign_async("1.2", &next).await
+        });
+        assert_eq!(
+            out.expect("update"),
+            Outcome::Installed {
+                title: "demo".into(),
+                version: "1.2".into()
+            }
+        );
+        assert_eq!(&slot.bytes[..next.len()], &next[..]);
+        dev.close().await;
+    });
+    // The old package was left part-way.
+    let old_reads = s.chunk_reads().iter().filter(|&&(i, _)| i >= 15).count();
+    assert!(old_reads < 512 - 15, "the first download was not stopped");
+}
+
+#[test]
+fn a_pushed_unassignment_cancels_the_download() {
+    let img = image(1 << 20, 33);
+    let s = Server::start(&img);
+    s.block_on(async {
+        let mut dev = device(s.addr.port(), TOKEN);
+        let mut slot = MemorySlot::new(1 << 20);
+        let mut checkpoints = MemoryCheckpoints::default();
+        let (out, ()) = tokio::join!(dev.update(&mut slot, &mut checkpoints), async {
+            after_reads(&s, 8).await;
+            let mut d = s.device.clone();
+            d.firmware_id = None;
+            s.ota().update_device(&d).await.expect("unassign");
+        });
+        assert_eq!(
+            out.expect("update"),
+            Outcome::Failed(ota_core::UpdateError::Cancelled)
+        );
+        assert_eq!(checkpoints.record, None, "checkpoint dropped");
+        assert!(!slot.finalized);
+        dev.close().await;
+    });
+    // It stopped asking: far fewer chunks read than the image has.
+    assert!(s.chunk_reads().len() < 512, "the download was not stopped");
 }
