@@ -229,6 +229,7 @@ pub struct MqttDevice {
     client_id: String,
     kind: Kind,
     config: Config,
+    buffer_len: usize,
     dialect: Dialect,
     link_options: LinkOptions,
     current: Option<(String, String)>,
@@ -262,6 +263,7 @@ impl MqttDevice {
             client_id: format!("ota-{token}"),
             kind,
             config,
+            buffer_len: 0,
             dialect: Dialect::ThingsBoard,
             link_options: LinkOptions::default(),
             current: None,
@@ -286,6 +288,15 @@ impl MqttDevice {
     #[must_use]
     pub fn client_id(mut self, id: &str) -> Self {
         id.clone_into(&mut self.client_id);
+        self
+    }
+
+    /// Sizes the updater's chunk buffer (default: the chunk size). A reader that releases
+    /// more plaintext than one transport chunk at once (a signed package's sealed chunk)
+    /// needs chunk size + sealed chunk size.
+    #[must_use]
+    pub const fn buffer_len(mut self, len: usize) -> Self {
+        self.buffer_len = len;
         self
     }
 
@@ -722,6 +733,27 @@ impl MqttDevice {
         .await
     }
 
+    /// Downloads `offer` through `reader` (for readers that borrow keys and buffers). An offer
+    /// pushed during the download cancels it (`FAILED`/`CANCELLED`); call again for the new one.
+    pub async fn download_reader<S, C, R>(
+        &mut self,
+        offer: &OwnedOffer,
+        reader: R,
+        slot: &mut S,
+        checkpoints: &mut C,
+    ) -> Result<Outcome, DeviceError>
+    where
+        S: Slot,
+        C: CheckpointStore,
+        R: ResumableReader,
+    {
+        let mut reader = Some(reader);
+        self.download_with(offer, slot, checkpoints, |_| {
+            reader.take().ok_or(UpdateError::Cancelled)
+        })
+        .await
+    }
+
     /// Downloads `offer` through the reader `reader_for` makes. Resumes from the checkpoint in
     /// `checkpoints` when it belongs to the same package; follows attribute pushes (a new
     /// offer replaces this one, a withdrawn one cancels it).
@@ -746,7 +778,7 @@ impl MqttDevice {
         };
         let stored = load_checkpoint(checkpoints);
         let chunk = usize::try_from(self.config.chunk_size).unwrap_or(usize::MAX);
-        let mut buf = vec![0u8; chunk];
+        let mut buf = vec![0u8; chunk.max(self.buffer_len)];
         let mut back = vec![0u8; chunk];
         let mut up = Updater::new(self.config, &mut buf, stored.as_ref())?;
         // Make sure a connection is on its way before the first request is queued.
