@@ -308,11 +308,7 @@ async fn one_device(
 }
 
 /// Answers relayed chunk requests from `publishers` connections to the broker.
-async fn start_relay(
-    broker: SocketAddr,
-    image: Arc<Vec<u8>>,
-    publishers: usize,
-) -> anyhow::Result<()> {
+async fn start_relay(broker: SocketAddr, image: Bytes, publishers: usize) -> anyhow::Result<()> {
     let filter = if publishers > 1 {
         "$share/ota-load/relay/+/req/+/chunk/+"
     } else {
@@ -376,7 +372,7 @@ async fn start_relay(
 }
 
 /// The answer to `relay/{i}/req/{r}/chunk/{n}` with the chunk size as payload.
-fn relay_answer(topic: &str, payload: &[u8], image: &Arc<Vec<u8>>) -> Option<(String, Bytes)> {
+fn relay_answer(topic: &str, payload: &[u8], image: &Bytes) -> Option<(String, Bytes)> {
     let rest = topic.strip_prefix("relay/")?;
     let (device, rest) = rest.split_once("/req/")?;
     let (req, n) = rest.split_once("/chunk/")?;
@@ -384,7 +380,8 @@ fn relay_answer(topic: &str, payload: &[u8], image: &Arc<Vec<u8>>) -> Option<(St
     let size: usize = std::str::from_utf8(payload).ok()?.parse().ok()?;
     let start = n.checked_mul(size)?.min(image.len());
     let end = start.saturating_add(size).min(image.len());
-    let data = Bytes::copy_from_slice(image.get(start..end)?);
+    // A slice of the shared image, not a copy (as the endpoint serves it).
+    let data = image.slice(start..end);
     Some((format!("relay/{device}/res/{req}/chunk/{n}"), data))
 }
 
@@ -400,7 +397,7 @@ async fn run(
     timeout: u64,
 ) -> anyhow::Result<()> {
     let offer = if relay {
-        let img = Arc::new(image(size));
+        let img = Bytes::from(image(size));
         start_relay(server, img.clone(), publishers.max(1)).await?;
         Some(Arc::new(OwnedOffer {
             kind: Kind::Firmware,
@@ -599,13 +596,13 @@ async fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use bytes::Bytes;
 
     use super::{image, relay_answer};
 
     #[test]
     fn relay_answers_slice_the_image() {
-        let img = Arc::new(image(10));
+        let img = Bytes::from(image(10));
         let (topic, data) = relay_answer("relay/7/req/2/chunk/1", b"4", &img).expect("answer");
         assert_eq!(topic, "relay/7/res/2/chunk/1");
         assert_eq!(&data[..], &img[4..8]);
