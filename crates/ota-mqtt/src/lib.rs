@@ -8,10 +8,15 @@
 //!
 //! The `broker` feature publishes through an external broker instead: the Sming retained
 //! announce ([`sming`]) and the EnigmaIoT OTA stream ([`enigma`]).
+//!
+//! The `device` feature provides the other side: [`device::MqttDevice`], a ThingsBoard MQTT
+//! device client that drives `ota-core`'s `Updater` and resumes after lost connections.
 
 #[cfg(feature = "broker")]
 pub mod broker;
 pub mod chunk;
+#[cfg(feature = "device")]
+pub mod device;
 #[cfg(feature = "broker")]
 pub mod enigma;
 pub mod filter;
