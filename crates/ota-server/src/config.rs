@@ -212,6 +212,40 @@ impl std::fmt::Debug for BrokerEndpoint {
 }
 
 impl BrokerSettings {
+    /// Applies the `OTAD_BROKER_*` variables read through `get`.
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("OTAD_BROKER_URL") {
+            if v == "off" {
+                self.enabled = false;
+            } else {
+                self.enabled = true;
+                self.url = (!v.is_empty()).then_some(v);
+            }
+        }
+        if let Some(v) = get("OTAD_BROKER_HOST") {
+            self.host = v;
+        }
+        if let Some(v) = get("OTAD_BROKER_PORT") {
+            self.port = v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    name: "OTAD_BROKER_PORT",
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        if let Some(v) = get("OTAD_BROKER_CLIENT_ID") {
+            self.client_id = v;
+        }
+        if let Some(v) = get("OTAD_BROKER_USERNAME") {
+            self.username = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("OTAD_BROKER_PASSWORD") {
+            self.password = (!v.is_empty()).then_some(v);
+        }
+        Ok(())
+    }
+
     /// Checks every setting; returns the endpoint.
     pub fn check(&self) -> Result<BrokerEndpoint, ConfigError> {
         let endpoint = self.endpoint()?;
@@ -554,30 +588,7 @@ impl Config {
         if let Some(v) = get("OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT") {
             tls.require_client_cert = num("OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT", &v)?;
         }
-        let b = &mut self.broker;
-        if let Some(v) = get("OTAD_BROKER_URL") {
-            if v == "off" {
-                b.enabled = false;
-            } else {
-                b.enabled = true;
-                b.url = (!v.is_empty()).then_some(v);
-            }
-        }
-        if let Some(v) = get("OTAD_BROKER_HOST") {
-            b.host = v;
-        }
-        if let Some(v) = get("OTAD_BROKER_PORT") {
-            b.port = num("OTAD_BROKER_PORT", &v)?;
-        }
-        if let Some(v) = get("OTAD_BROKER_CLIENT_ID") {
-            b.client_id = v;
-        }
-        if let Some(v) = get("OTAD_BROKER_USERNAME") {
-            b.username = (!v.is_empty()).then_some(v);
-        }
-        if let Some(v) = get("OTAD_BROKER_PASSWORD") {
-            b.password = (!v.is_empty()).then_some(v);
-        }
+        self.broker.apply_env(&get)?;
         Ok(())
     }
 

@@ -22,8 +22,11 @@
 //! and whose update state for it is not final (QUEUED … UPDATING) gets the image streamed
 //! through its gateway ([`deliver_package`]), which records the progress and final state like
 //! device telemetry. One transfer per device at a time; at most `enigma_concurrency` at once
-//! (the others wait). A new assignment cancels the running transfer and starts the new one; a
-//! withdrawn assignment, a removed address or a deleted device cancels it. Devices are checked
+//! (the others wait). A new assignment cancels the running transfer and starts the new one
+//! [`NODE_RESET`] later: a node in the middle of an update refuses a new message 0 (its
+//! updater is busy) and only forgets the old transfer when it times out and reboots, 10 s
+//! after the last message. A withdrawn assignment, a removed address or a deleted device
+//! cancels the transfer (the node then times out by itself). Devices are checked
 //! at start (transfers interrupted by a restart resume from message 0) and after each
 //! assignment change or device save. A transfer that fails — the broker unreachable included —
 //! is recorded as FAILED; assigning the package again retries.
@@ -53,6 +56,9 @@ use tokio::time::{Instant, timeout_at};
 const COALESCE: Duration = Duration::from_millis(100);
 /// How soon a failed Sming publish is retried.
 const RETRY: Duration = Duration::from_secs(5);
+/// How long a new EnigmaIoT transfer waits after cancelling one to the same node: the node's
+/// OTA timeout (10 s without a valid message, then it reboots) plus a margin.
+pub const NODE_RESET: Duration = Duration::from_secs(12);
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -149,9 +155,9 @@ pub enum SmingAction<'a> {
 /// The announce each topic should hold (see the module docs): every topic of a firmware
 /// package with a Sming app id and a usable version, mapped to the package to announce or
 /// `None` (withdrawn). `assigned` holds the firmware of every profile and device.
-pub fn wanted<'a>(
+pub fn wanted<'a, S: std::hash::BuildHasher>(
     packages: &'a [OtaPackage],
-    assigned: &HashSet<PackageId>,
+    assigned: &HashSet<PackageId, S>,
 ) -> BTreeMap<SmingTopic, Option<&'a OtaPackage>> {
     let mut out: BTreeMap<SmingTopic, Option<&OtaPackage>> = BTreeMap::new();
     for p in packages {
@@ -201,9 +207,9 @@ pub fn wanted<'a>(
 /// The publishes that bring the broker from `retained` to `wanted`: an announce where another
 /// (or no known) package is retained, a withdraw where a topic should be empty and is not
 /// known to be — or where a topic this process announced has no package any more.
-pub fn plan<'a>(
+pub fn plan<'a, S: std::hash::BuildHasher>(
     wanted: &BTreeMap<SmingTopic, Option<&'a OtaPackage>>,
-    retained: &HashMap<SmingTopic, Retained>,
+    retained: &HashMap<SmingTopic, Retained, S>,
 ) -> Vec<SmingAction<'a>> {
     let mut actions = Vec::new();
     for (t, want) in wanted {
@@ -416,6 +422,10 @@ impl Enigma {
             self.cancel(id, "firmware already delivered or failed");
             return Ok(());
         }
+        let interrupted = self
+            .running
+            .get(&id)
+            .is_some_and(|t| !t.handle.is_finished());
         self.cancel(id, "superseded by a newer assignment");
         self.generation += 1;
         let generation = self.generation;
@@ -427,6 +437,10 @@ impl Enigma {
         );
         let package_id = package.id;
         let handle = tokio::spawn(async move {
+            if interrupted {
+                tracing::info!(device = %device.id, wait = ?NODE_RESET, "EnigmaIoT node is reset by its OTA timeout before the new transfer");
+                tokio::time::sleep(NODE_RESET).await;
+            }
             // The semaphore is never closed.
             let _permit = permits.acquire_owned().await;
             let node = device
@@ -436,7 +450,7 @@ impl Enigma {
             tracing::info!(device = %device.id, node = ?node, package = %package.id, version = %package.version, "EnigmaIoT OTA starting");
             match deliver_package(&sender, &ota, &device, &package).await {
                 Ok(o) => {
-                    tracing::info!(device = %device.id, chunks = o.chunks, resends = o.resends, restarts = o.restarts, "EnigmaIoT OTA finished")
+                    tracing::info!(device = %device.id, chunks = o.chunks, resends = o.resends, restarts = o.restarts, "EnigmaIoT OTA finished");
                 }
                 Err(e) => tracing::warn!(device = %device.id, error = %e, "EnigmaIoT OTA failed"),
             }

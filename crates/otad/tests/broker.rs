@@ -116,6 +116,49 @@ fn enigma_node_gets_the_assigned_firmware() {
 }
 
 #[test]
+fn a_newer_assignment_restarts_the_enigma_transfer() {
+    const NET: &str = "enigmaiot";
+    const NODE: &str = "aa:bb:cc:00:00:08";
+    let broker = Mosquitto::start();
+    let node = enigma_node(broker.port, NET, NODE);
+    let mut otad = Otad::start(&with_broker(broker.port, "sming = false\n"));
+    let rest = Rest::login(&otad.url());
+    // 300 chunks at 20 ms: still streaming when the newer package arrives.
+    let first = image(63_600, 25);
+    let second = image(3_000, 26);
+    let profile = rest.profile_with_firmware("enigma-restart", "enigma-fw", "1.0.0", &first);
+    let newer = rest.package(&profile, "enigma-fw", "1.1.0", None, &second);
+    let device = rest.post(
+        "/api/device",
+        &json!({"name": "node-8", "deviceProfileId": entity("DEVICE_PROFILE", &profile),
+                "enigmaIot": {"network": NET, "node": NODE}}),
+    )["id"]["id"]
+        .as_str()
+        .expect("device id")
+        .to_owned();
+    otad.wait_log(&["EnigmaIoT OTA starting", "1.0.0"], WAIT);
+    rest.wait_for_state(&device, "DOWNLOADING", WAIT);
+    rest.post(
+        "/api/device",
+        &json!({"id": entity("DEVICE", &device), "name": "node-8",
+                "deviceProfileId": entity("DEVICE_PROFILE", &profile),
+                "firmwareId": entity("OTA_PACKAGE", &newer),
+                "enigmaIot": {"network": NET, "node": NODE}}),
+    );
+    otad.wait_log(&["EnigmaIoT OTA cancelled"], WAIT);
+    otad.wait_log(&["EnigmaIoT OTA starting", "1.1.0"], WAIT);
+
+    // The node timed out on the first image (status 5, reboot), then took the second.
+    let report = node.report(Duration::from_secs(45));
+    assert_eq!(report["outcome"], "installed", "{report}");
+    assert_eq!(report["installed_sha256"], sha256_hex(&second), "{report}");
+    assert_eq!(report["statuses"], json!([0, 5, 0, 2, 6]), "{report}");
+    assert_eq!(report["violations"], json!([]), "{report}");
+    let state = rest.wait_for_state(&device, "UPDATED", WAIT);
+    assert_eq!(state["currentVersion"], "1.1.0", "{state}");
+}
+
+#[test]
 fn unreachable_broker_is_logged_and_retried_while_otad_serves() {
     let port = free_port();
     let mut otad = Otad::start(&with_broker(port, ""));
