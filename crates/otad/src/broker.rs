@@ -14,8 +14,10 @@
 //! topic — unless another assigned package of the same app and `major.minor` is there, which
 //! is then announced instead. The task re-reads the catalogue after every relevant event
 //! (bursts are coalesced), every `resync_secs`, and shortly after a failed publish, and
-//! publishes only the difference from what it last published. At start it knows nothing, so
-//! it publishes every topic of every such package once: `otad` owns these topics (do not
+//! publishes only the difference from what it last published. At start, and whenever the
+//! connection to the broker was re-established (a broker without persistence forgets
+//! retained messages when it restarts), it knows nothing, so it publishes every topic of
+//! every such package once: `otad` owns these topics (do not
 //! publish them with another tool).
 //!
 //! **EnigmaIoT.** A device with an EnigmaIoT address whose effective firmware has stored data
@@ -54,6 +56,8 @@ use tokio::time::{Instant, timeout_at};
 
 /// How long a burst of events is coalesced before the Sming announces are re-checked.
 const COALESCE: Duration = Duration::from_millis(100);
+/// How often the announcer checks whether its connection was re-established.
+const SESSION_CHECK: Duration = Duration::from_secs(1);
 /// How soon a failed Sming publish is retried.
 const RETRY: Duration = Duration::from_secs(5);
 /// How long a new EnigmaIoT transfer waits after cancelling one to the same node: the node's
@@ -333,18 +337,31 @@ async fn sming_task(
     })
     .await;
     let mut retained = HashMap::new();
+    let mut sessions = announcer.sessions();
     loop {
         let ok = sming_reconcile(&ota, &announcer, &mut retained).await;
         let deadline = Instant::now() + if ok { resync } else { RETRY };
         loop {
-            match timeout_at(deadline, events.recv()).await {
-                Err(_) | Ok(Err(RecvError::Lagged(_))) => break,
+            let wake = deadline.min(Instant::now() + SESSION_CHECK);
+            match timeout_at(wake, events.recv()).await {
+                Err(_) if announcer.sessions() != sessions => {
+                    // Reconnected: the broker may have lost what it retained.
+                    sessions = announcer.sessions();
+                    tracing::info!(
+                        "Sming announcer reconnected to the MQTT broker; republishing every announce"
+                    );
+                    retained.clear();
+                    break;
+                }
+                Err(_) if Instant::now() >= deadline => break,
+                Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Ok(e)) if sming_relevant(&e) => {
                     tokio::time::sleep(COALESCE).await;
                     while events.try_recv().is_ok() {}
                     break;
                 }
-                Ok(Ok(_)) => {}
+                // Not yet due, or an event that does not concern the announces.
+                Err(_) | Ok(Ok(_)) => {}
                 Ok(Err(RecvError::Closed)) => return,
             }
         }

@@ -35,7 +35,7 @@ fn assert_installed(report: &Value, image: &[u8], patch: u64) {
 fn sming_announce_follows_assignments() {
     let broker = Mosquitto::start();
     let mut otad = Otad::start(&with_broker(broker.port, "enigma = false\n"));
-    otad.wait_log(&["Sming announcer connected"], WAIT);
+    otad.logged(&["Sming announcer connected"], WAIT);
     let rest = Rest::login(&otad.url());
     let profile = rest.profile("sming");
     let older = image(30_000, 21);
@@ -81,6 +81,24 @@ fn sming_announce_follows_assignments() {
     otad.wait_log(&["Sming announce withdrawn", "a/demo/u/4.3"], WAIT);
     let report = sming_device(broker.port, "demo", "4.3.0");
     assert_eq!(report["outcome"], "none", "{report}");
+}
+
+#[test]
+fn announces_are_republished_after_the_broker_restarts() {
+    let mut broker = Mosquitto::start();
+    let mut otad = Otad::start(&with_broker(broker.port, "enigma = false\n"));
+    let rest = Rest::login(&otad.url());
+    let profile = rest.profile("sming-restart");
+    let fw = image(10_000, 27);
+    let p = rest.package(&profile, "sming-fw", "2.0.3", Some("app/one"), &fw);
+    rest.set_profile_firmware(&profile, "sming-restart", Some(&p));
+    otad.wait_log(&["Sming firmware announced", "a/app/one/u/2.0"], WAIT);
+
+    // A broker without persistence forgets retained messages when it restarts.
+    broker.restart();
+    otad.wait_log(&["Sming announcer reconnected"], WAIT);
+    otad.wait_log(&["Sming firmware announced", "a/app/one/u/2.0"], WAIT);
+    assert_installed(&sming_device(broker.port, "app/one", "2.0.0"), &fw, 3);
 }
 
 #[test]
@@ -163,7 +181,7 @@ fn unreachable_broker_is_logged_and_retried_while_otad_serves() {
     let port = free_port();
     let mut otad = Otad::start(&with_broker(port, ""));
     let broker = format!("127.0.0.1:{port}");
-    let first = otad.wait_log(&["cannot connect to the MQTT broker"], WAIT);
+    let first = otad.logged(&["cannot connect to the MQTT broker"], WAIT);
     assert!(
         first.contains(&broker) && first.contains("ERROR"),
         "{first}"

@@ -137,6 +137,19 @@ impl Otad {
         }
     }
 
+    /// A line already logged (before the ready line included) containing every one of
+    /// `needles`, or else the next one; fails after `within`.
+    pub fn logged(&mut self, needles: &[&str], within: Duration) -> String {
+        if let Some(line) = self
+            .log
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return line.clone();
+        }
+        self.wait_log(needles, within)
+    }
+
     /// `http://` base URL of the REST server.
     pub fn url(&self) -> String {
         format!("http://{}", self.rest)

@@ -41,7 +41,38 @@ pub struct Mosquitto {
     child: Child,
     /// Its port on 127.0.0.1.
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+fn spawn(binary: &Path, dir: &Path, port: u16) -> Option<Child> {
+    let conf = dir.join("mosquitto.conf");
+    let mut f = std::fs::File::create(&conf).expect("config");
+    writeln!(
+        f,
+        "listener {port} 127.0.0.1\nallow_anonymous true\n\
+         message_size_limit 268435455\npersistence false\nlog_dest stderr\nlog_type error\n"
+    )
+    .expect("write config");
+    let log = std::fs::File::create(dir.join("mosquitto.log")).expect("log");
+    let mut child = Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}; {SETUP_HINT}", binary.display()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        if child.try_wait().expect("poll mosquitto").is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for Mosquitto {
@@ -59,42 +90,25 @@ impl Mosquitto {
         for _ in 0..5 {
             let port = free_port();
             assert_ne!(port, 1883);
-            let conf = dir.path().join("mosquitto.conf");
-            let mut f = std::fs::File::create(&conf).expect("config");
-            writeln!(
-                f,
-                "listener {port} 127.0.0.1\nallow_anonymous true\n\
-                 message_size_limit 268435455\npersistence false\nlog_dest stderr\nlog_type error\n"
-            )
-            .expect("write config");
-            let log = std::fs::File::create(dir.path().join("mosquitto.log")).expect("log");
-            let mut child = Command::new(&binary)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}; {SETUP_HINT}", binary.display()));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child,
-                        port,
-                        _dir: dir,
-                    };
-                }
-                if child.try_wait().expect("poll mosquitto").is_some() || Instant::now() > deadline
-                {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break; // port taken meanwhile: try another one
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            // None: the port was taken meanwhile; try another one.
+            if let Some(child) = spawn(&binary, dir.path(), port) {
+                return Self { child, port, dir };
             }
         }
         let log = std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
         panic!("mosquitto did not start: {log}");
+    }
+
+    /// Stops the broker and starts a new one on the same port: it has forgotten every
+    /// retained message and every session.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&mosquitto_binary(), self.dir.path(), self.port).unwrap_or_else(|| {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
+            panic!("mosquitto did not restart on port {}: {log}", self.port)
+        });
     }
 }
 
