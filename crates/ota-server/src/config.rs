@@ -123,7 +123,8 @@ pub struct Config {
 }
 
 /// The external MQTT broker (Mosquitto, ...) through which `otad` publishes Sming announces
-/// and streams EnigmaIoT updates. Off by default.
+/// and streams EnigmaIoT updates. Off by default. When replicas share a database, enable it
+/// on one of them only (each would otherwise stream to the same EnigmaIoT nodes).
 ///
 /// `url` (`mqtt://[user[:password]@]host[:port]`), when set, gives host, port and credentials
 /// in one value and overrides `host`, `port`, `username` and `password`. TLS to the broker is
