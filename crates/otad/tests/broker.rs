@@ -9,7 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::mosquitto::{Mosquitto, enigma_node, free_port, sha256_hex, sming_device};
+use common::mosquitto::{
+    Mosquitto, enigma_node, enigma_node_for, free_port, sha256_hex, sming_device,
+};
 use common::{FREE_PORTS, Otad, Rest, entity, image};
 use serde_json::{Value, json};
 
@@ -174,6 +176,38 @@ fn a_newer_assignment_restarts_the_enigma_transfer() {
     assert_eq!(report["violations"], json!([]), "{report}");
     let state = rest.wait_for_state(&device, "UPDATED", WAIT);
     assert_eq!(state["currentVersion"], "1.1.0", "{state}");
+}
+
+#[test]
+fn a_withdrawn_assignment_cancels_the_enigma_transfer() {
+    const NET: &str = "enigmaiot";
+    const NODE: &str = "aa:bb:cc:00:00:09";
+    let broker = Mosquitto::start();
+    // Long enough for the node's 10 s OTA timeout after the transfer stops.
+    let node = enigma_node_for(broker.port, NET, NODE, 16);
+    let mut otad = Otad::start(&with_broker(broker.port, "sming = false\n"));
+    let rest = Rest::login(&otad.url());
+    let fw = image(63_600, 28);
+    let profile = rest.profile_with_firmware("enigma-withdraw", "enigma-fw", "3.0.0", &fw);
+    let device = rest.post(
+        "/api/device",
+        &json!({"name": "node-9", "deviceProfileId": entity("DEVICE_PROFILE", &profile),
+                "enigmaIot": {"network": NET, "node": NODE}}),
+    )["id"]["id"]
+        .as_str()
+        .expect("device id")
+        .to_owned();
+    rest.wait_for_state(&device, "DOWNLOADING", WAIT);
+    rest.set_profile_firmware(&profile, "enigma-withdraw", None);
+    let line = otad.wait_log(&["EnigmaIoT OTA cancelled"], WAIT);
+    assert!(line.contains("withdrawn"), "{line}");
+
+    // Nothing more is sent: the node times out (status 5) and installs nothing.
+    let report = node.report(Duration::from_secs(30));
+    assert_eq!(report["outcome"], "not-installed", "{report}");
+    assert_eq!(report["statuses"], json!([0, 5]), "{report}");
+    assert_eq!(report["headers"], 1, "{report}");
+    assert_eq!(report["violations"], json!([]), "{report}");
 }
 
 #[test]

@@ -196,8 +196,14 @@ pub fn sming_device(port: u16, app: &str, version: &str) -> Value {
     Emulator::start("sming_device.py", &args).report(Duration::from_secs(30))
 }
 
-/// An EnigmaIoT gateway with node `node` of network `net` (see `enigma_node.py`), subscribed.
+/// An EnigmaIoT gateway with node `node` of network `net` (see `enigma_node.py`), subscribed;
+/// it reports when the node installed an image, or after 40 s.
 pub fn enigma_node(port: u16, net: &str, node: &str) -> Emulator {
+    enigma_node_for(port, net, node, 40)
+}
+
+/// [`enigma_node`] reporting after `max_runtime_secs` at the latest.
+pub fn enigma_node_for(port: u16, net: &str, node: &str, max_runtime_secs: u32) -> Emulator {
     let args = [
         "--port",
         &port.to_string(),
@@ -206,7 +212,7 @@ pub fn enigma_node(port: u16, net: &str, node: &str) -> Emulator {
         "--node",
         node,
         "--max-runtime",
-        "40",
+        &max_runtime_secs.to_string(),
     ]
     .map(str::to_owned);
     Emulator::start("enigma_node.py", &args)
