@@ -7,6 +7,8 @@
 //! A connection error ends the operation in progress with [`BrokerError::Connection`]; the
 //! next poll reconnects.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -144,6 +146,7 @@ pub(crate) struct Connection {
     task: JoinHandle<()>,
     ack_timeout: Duration,
     max_payload: usize,
+    sessions: Arc<AtomicU64>,
 }
 
 impl Drop for Connection {
@@ -168,10 +171,19 @@ fn wanted(item: &Result<Event, ConnectionError>) -> bool {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::Sender<Result<Event, ConnectionError>>,
+    sessions: Arc<AtomicU64>,
+) {
     loop {
         let item = eventloop.poll().await;
         let failed = item.is_err();
+        if let Ok(Event::Incoming(Packet::ConnAck(ack))) = &item
+            && ack.code == ConnectReturnCode::Success
+        {
+            sessions.fetch_add(1, Ordering::Relaxed);
+        }
         if wanted(&item) {
             match tx.try_send(item) {
                 Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
@@ -197,13 +209,15 @@ impl Connection {
         let mqtt = options.mqtt(client_id)?;
         let (client, eventloop) = AsyncClient::new(mqtt, 64);
         let (tx, events) = mpsc::channel(EVENT_BUFFER);
-        let task = tokio::spawn(drive(eventloop, tx));
+        let sessions = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(drive(eventloop, tx, sessions.clone()));
         let mut conn = Self {
             client,
             events,
             task,
             ack_timeout: options.ack_timeout,
             max_payload: options.max_payload,
+            sessions,
         };
         let deadline = Instant::now() + conn.ack_timeout;
         loop {
@@ -235,6 +249,13 @@ impl Connection {
             Ok(Some(Err(e))) => Err(BrokerError::Connection(e.to_string())),
             Ok(Some(Ok(ev))) => Ok(ev),
         }
+    }
+
+    /// A counter of the accepted connections (CONNACKs) of this connection: 1 once open, one
+    /// more after each reconnect. With a clean session the broker may have lost state in
+    /// between (e.g. retained messages of a broker without persistence).
+    pub(crate) fn sessions(&self) -> Arc<AtomicU64> {
+        self.sessions.clone()
     }
 
     /// Subscribes and waits for the SUBACK.

@@ -31,6 +31,8 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ota_core::frame::sming::{
@@ -167,6 +169,7 @@ pub fn payload(
 pub struct SmingAnnouncer {
     conn: Mutex<Connection>,
     encoding: PatchEncoding,
+    sessions: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for SmingAnnouncer {
@@ -190,10 +193,20 @@ impl SmingAnnouncer {
         encoding: PatchEncoding,
     ) -> Result<Self, BrokerError> {
         let conn = Connection::open(&options, options.client_id.clone()).await?;
+        let sessions = conn.sessions();
         Ok(Self {
             conn: Mutex::new(conn),
             encoding,
+            sessions,
         })
+    }
+
+    /// How many times the connection was accepted by the broker: 1 after
+    /// [`connect`](Self::connect), one more after each automatic reconnect. A caller that
+    /// keeps track of what is retained re-publishes when this changes, since a broker without
+    /// persistence forgets retained messages when it restarts.
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// Publishes `image` for `version` retained at QoS 2 and returns once the broker

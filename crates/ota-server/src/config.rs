@@ -23,6 +23,17 @@
 //! key_file = "server.key"            # PEM private key (PKCS#8, PKCS#1 or SEC1)
 //! client_ca_file = "ca.pem"          # verify client certificates against these CAs
 //! require_client_cert = true         # refuse clients without a valid certificate
+//!
+//! [broker]                           # an external MQTT broker, off unless enabled
+//! enabled = true
+//! url = "mqtt://otad:secret@127.0.0.1:1883"  # or host/port/username/password below
+//! # host = "127.0.0.1"
+//! # port = 1883
+//! client_id = "otad"                 # unique on the broker; EnigmaIoT transfers add "-enigma-<n>"
+//! sming = true                       # retained Sming announces of assigned packages
+//! enigma = true                      # EnigmaIoT OTA to devices with an EnigmaIoT address
+//! enigma_concurrency = 4             # EnigmaIoT transfers at a time
+//! resync_secs = 60                   # full re-check of the Sming announces
 //! ```
 
 use std::net::SocketAddr;
@@ -64,6 +75,14 @@ pub enum ConfigError {
     /// A required setting is missing.
     #[error("{0} must be set (config file key or OTAD_ environment variable)")]
     Missing(&'static str),
+    /// A setting has a value that cannot be used.
+    #[error("invalid {key}: {reason}")]
+    Invalid {
+        /// The setting (config file key).
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Settings of `otad`.
@@ -99,6 +118,213 @@ pub struct Config {
     pub coap: CoapSettings,
     /// The MQTT device API (`[mqtt]`).
     pub mqtt: MqttSettings,
+    /// The external MQTT broker of the Sming and EnigmaIoT dialects (`[broker]`).
+    pub broker: BrokerSettings,
+}
+
+/// The external MQTT broker (Mosquitto, ...) through which `otad` publishes Sming announces
+/// and streams EnigmaIoT updates. Off by default. When replicas share a database, enable it
+/// on one of them only (each would otherwise stream to the same EnigmaIoT nodes).
+///
+/// `url` (`mqtt://[user[:password]@]host[:port]`), when set, gives host, port and credentials
+/// in one value and overrides `host`, `port`, `username` and `password`. TLS to the broker is
+/// not supported (`mqtts://` is refused).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// Whether `otad` connects to the broker (`OTAD_BROKER_URL` set to a URL turns it on,
+    /// `off` turns it off).
+    pub enabled: bool,
+    /// `mqtt://[user[:password]@]host[:port]` (`OTAD_BROKER_URL`).
+    pub url: Option<String>,
+    /// Broker host (`OTAD_BROKER_HOST`).
+    pub host: String,
+    /// Broker port (`OTAD_BROKER_PORT`).
+    pub port: u16,
+    /// MQTT client id (`OTAD_BROKER_CLIENT_ID`); must be unique on the broker. EnigmaIoT
+    /// transfers connect as `<client_id>-enigma-<n>`.
+    pub client_id: String,
+    /// User name (`OTAD_BROKER_USERNAME`).
+    pub username: Option<String>,
+    /// Password (`OTAD_BROKER_PASSWORD`).
+    pub password: Option<String>,
+    /// Publish the retained Sming announce of assigned packages with a Sming app id.
+    pub sming: bool,
+    /// Stream assigned firmware to devices with an EnigmaIoT address.
+    pub enigma: bool,
+    /// EnigmaIoT transfers running at once (at least 1); one per node at a time.
+    pub enigma_concurrency: usize,
+    /// Seconds between full re-checks of the Sming announces against the store (changes
+    /// are applied at once; the re-check catches changes made through another replica).
+    pub resync_secs: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: None,
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "otad".into(),
+            username: None,
+            password: None,
+            sming: true,
+            enigma: true,
+            enigma_concurrency: 4,
+            resync_secs: 60,
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("enabled", &self.enabled)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("sming", &self.sming)
+            .field("enigma", &self.enigma)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where and as whom to connect to the broker, resolved from [`BrokerSettings`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// User name and password, if any.
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for BrokerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerEndpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.credentials.as_ref().map(|c| &c.0))
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerSettings {
+    /// Applies the `OTAD_BROKER_*` variables read through `get`.
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("OTAD_BROKER_URL") {
+            if v == "off" {
+                self.enabled = false;
+            } else {
+                self.enabled = true;
+                self.url = (!v.is_empty()).then_some(v);
+            }
+        }
+        if let Some(v) = get("OTAD_BROKER_HOST") {
+            self.host = v;
+        }
+        if let Some(v) = get("OTAD_BROKER_PORT") {
+            self.port = v
+                .parse()
+                .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                    name: "OTAD_BROKER_PORT",
+                    value: v.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        if let Some(v) = get("OTAD_BROKER_CLIENT_ID") {
+            self.client_id = v;
+        }
+        if let Some(v) = get("OTAD_BROKER_USERNAME") {
+            self.username = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("OTAD_BROKER_PASSWORD") {
+            self.password = (!v.is_empty()).then_some(v);
+        }
+        Ok(())
+    }
+
+    /// Checks every setting; returns the endpoint.
+    pub fn check(&self) -> Result<BrokerEndpoint, ConfigError> {
+        let endpoint = self.endpoint()?;
+        if self.client_id.is_empty() {
+            return Err(ConfigError::Missing("broker.client_id"));
+        }
+        if self.enigma_concurrency == 0 {
+            return Err(ConfigError::Invalid {
+                key: "broker.enigma_concurrency",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(endpoint)
+    }
+
+    /// Host, port and credentials: from `url` when set, else from the separate keys.
+    pub fn endpoint(&self) -> Result<BrokerEndpoint, ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid {
+            key: "broker.url",
+            reason,
+        };
+        let Some(text) = self.url.as_deref().filter(|u| !u.is_empty()) else {
+            if self.host.is_empty() {
+                return Err(ConfigError::Missing("broker.host"));
+            }
+            let credentials = match (&self.username, &self.password) {
+                (Some(u), p) => Some((u.clone(), p.clone().unwrap_or_default())),
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        key: "broker.password",
+                        reason: "a password needs broker.username".into(),
+                    });
+                }
+                (None, None) => None,
+            };
+            return Ok(BrokerEndpoint {
+                host: self.host.clone(),
+                port: self.port,
+                credentials,
+            });
+        };
+        let url = url::Url::parse(text).map_err(|e| bad(format!("{text:?}: {e}")))?;
+        if url.scheme() != "mqtt" && url.scheme() != "tcp" {
+            return Err(bad(format!(
+                "{text:?}: scheme {:?} is not supported (mqtt://host:port)",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad(format!("{text:?} has no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err(bad(format!(
+                "{text:?}: only mqtt://[user[:password]@]host[:port] is understood"
+            )));
+        }
+        let decode = |s: &str| {
+            url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let credentials = (!url.username().is_empty()).then(|| {
+            (
+                decode(url.username()),
+                url.password().map(decode).unwrap_or_default(),
+            )
+        });
+        Ok(BrokerEndpoint {
+            host,
+            port: url.port().unwrap_or(1883),
+            credentials,
+        })
+    }
 }
 
 /// Where the HTTP device API (`/api/v1/{token}/…`) is served.
@@ -214,6 +440,7 @@ impl Default for Config {
             http: HttpSettings::default(),
             coap: CoapSettings::default(),
             mqtt: MqttSettings::default(),
+            broker: BrokerSettings::default(),
         }
     }
 }
@@ -258,6 +485,9 @@ impl Config {
             if tls.require_client_cert && tls.client_ca_file.is_none() {
                 return Err(ConfigError::Missing("mqtt.tls.client_ca_file"));
             }
+        }
+        if c.broker.enabled {
+            c.broker.check()?;
         }
         if c.blob_url.is_empty() {
             let dir = std::env::current_dir().map_err(|source| ConfigError::Read {
@@ -359,6 +589,7 @@ impl Config {
         if let Some(v) = get("OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT") {
             tls.require_client_cert = num("OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT", &v)?;
         }
+        self.broker.apply_env(&get)?;
         Ok(())
     }
 
@@ -449,6 +680,85 @@ mod tests {
         assert!(err.to_string().contains("OTAD_COAP_LISTEN"), "{err}");
         let err = Config::from_toml("[mqtt]\nport = 1\n").expect_err("unknown key");
         assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn broker_from_file_env_and_url() {
+        let c = Config::default();
+        assert!(!c.broker.enabled, "off by default");
+        let c = Config::from_toml(
+            "[broker]\nenabled = true\nhost = \"10.0.0.2\"\nport = 1884\nusername = \"u\"\npassword = \"p\"\nclient_id = \"x\"\n",
+        )
+        .expect("toml");
+        let e = c.broker.endpoint().expect("endpoint");
+        assert_eq!((e.host.as_str(), e.port), ("10.0.0.2", 1884));
+        assert_eq!(e.credentials, Some(("u".into(), "p".into())));
+
+        let c = Config::load_with(None, |k| match k {
+            "OTAD_ADMIN_PASSWORD" => Some("pw".into()),
+            "OTAD_BLOB_URL" => Some("file:///tmp/blobs".into()),
+            "OTAD_BROKER_URL" => Some("mqtt://otad:s%40cret@[::1]:2883".into()),
+            "OTAD_BROKER_CLIENT_ID" => Some("otad-7".into()),
+            _ => None,
+        })
+        .expect("config");
+        assert!(c.broker.enabled);
+        assert_eq!(c.broker.client_id, "otad-7");
+        let e = c.broker.endpoint().expect("endpoint");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 2883));
+        assert_eq!(e.credentials, Some(("otad".into(), "s@cret".into())));
+        assert!(!format!("{e:?}").contains("s@cret"), "password not logged");
+
+        let mut off = c.clone();
+        off.apply_env(|k| (k == "OTAD_BROKER_URL").then(|| "off".to_owned()))
+            .expect("env");
+        assert!(!off.broker.enabled);
+        let e = Config::from_toml("[broker]\nurl = \"mqtt://h\"\n")
+            .expect("toml")
+            .broker
+            .endpoint()
+            .expect("default port");
+        assert_eq!(e.port, 1883);
+    }
+
+    #[test]
+    fn bad_broker_settings_are_refused() {
+        let load = |url: &'static str, extra: Option<(&'static str, &'static str)>| {
+            Config::load_with(None, move |k| match k {
+                "OTAD_ADMIN_PASSWORD" => Some("pw".into()),
+                "OTAD_BLOB_URL" => Some("file:///tmp/blobs".into()),
+                "OTAD_BROKER_URL" => Some(url.into()),
+                k => extra.and_then(|(n, v)| (n == k).then(|| v.to_owned())),
+            })
+            .expect_err("refused")
+            .to_string()
+        };
+        let err = load("mqtts://h:8883", None);
+        assert!(err.contains("broker.url") && err.contains("mqtts"), "{err}");
+        let err = load("not a url", None);
+        assert!(err.contains("broker.url"), "{err}");
+        let err = load("mqtt://h:1883/topic", None);
+        assert!(err.contains("broker.url"), "{err}");
+        let err = load("mqtt://h", Some(("OTAD_BROKER_CLIENT_ID", "")));
+        assert!(err.contains("broker.client_id"), "{err}");
+        let err = load("mqtt://h", Some(("OTAD_BROKER_PORT", "99999")));
+        assert!(err.contains("OTAD_BROKER_PORT"), "{err}");
+        let err = Config::from_toml("[broker]\nenabled = true\npassword = \"p\"\n")
+            .expect("toml")
+            .broker
+            .endpoint()
+            .expect_err("password without user")
+            .to_string();
+        assert!(err.contains("broker.password"), "{err}");
+        let err = Config::from_toml("[broker]\nenigma_concurrency = 0\nenabled = true\n")
+            .expect("toml")
+            .broker
+            .check()
+            .expect_err("no transfers allowed")
+            .to_string();
+        assert!(err.contains("broker.enigma_concurrency"), "{err}");
+        let err = Config::from_toml("[broker]\nhots = \"x\"\n").expect_err("unknown key");
+        assert!(err.contains("hots"), "{err}");
     }
 
     #[test]

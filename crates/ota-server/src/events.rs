@@ -1,12 +1,14 @@
-//! Assignment changes fanned out to the transports holding a device's session.
+//! Assignment changes fanned out to the transports holding a device's session, and the
+//! catalogue events followed by the external-broker dialects.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::broadcast;
 
-use crate::model::{DeviceId, PackageType};
+use crate::model::{DeviceId, PackageId, PackageType, ProfileId};
 use crate::rules::AttributePush;
+use crate::store::AssignmentChange;
 
 /// Shared-attribute pushes owed to one device after its effective package changed, in order.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,3 +60,45 @@ impl Events {
         }
     }
 }
+
+/// A change to what is stored or assigned, for consumers that follow the whole catalogue
+/// rather than one device's session (`otad`'s Sming announcer and EnigmaIoT sender).
+///
+/// Events are delivered on a bounded broadcast channel: a consumer that falls behind gets
+/// `RecvError::Lagged` and must re-read the state it follows from the store. They say *what*
+/// changed, not the new state: consumers read that from the store.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatalogEvent {
+    /// A device's effective package changed. Heard from every replica when PostgreSQL
+    /// fan-out is on; the other events are only seen by the replica that made the change.
+    Assignment(AssignmentChange),
+    /// A profile's default packages were set (even when no device follows them).
+    ProfilePackages {
+        /// The profile.
+        profile: ProfileId,
+    },
+    /// A package's data was uploaded.
+    PackageUploaded {
+        /// The package.
+        package: PackageId,
+    },
+    /// A package was deleted.
+    PackageDeleted {
+        /// The package.
+        package: PackageId,
+    },
+    /// A device was created or updated (its EnigmaIoT address may have changed).
+    DeviceSaved {
+        /// The device.
+        device: DeviceId,
+    },
+    /// A device was deleted.
+    DeviceDeleted {
+        /// The device.
+        device: DeviceId,
+    },
+}
+
+/// Capacity of the catalogue channel; a slower consumer sees `Lagged` and resynchronises.
+pub(crate) const CATALOG_CAPACITY: usize = 1024;

@@ -818,7 +818,7 @@ async fn delete_device(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    st.ota.store().delete_device(id.parse()?).await?;
+    st.ota.delete_device(id.parse()?).await?;
     Ok(StatusCode::OK)
 }
 

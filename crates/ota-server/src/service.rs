@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 
 use crate::blob::{BlobError, BlobStore};
 use crate::error::{ModelError, RuleError};
-use crate::events::{AssignmentEvent, Events};
+use crate::events::{AssignmentEvent, CATALOG_CAPACITY, CatalogEvent, Events};
 use crate::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageData, PackageId, PackageSource,
     PackageType, UpdateState,
@@ -109,6 +109,7 @@ pub struct Ota {
     store: Arc<CachedStore>,
     blobs: BlobStore,
     events: Events,
+    catalog: broadcast::Sender<CatalogEvent>,
     config: ServiceConfig,
     cache: Mutex<HashMap<PackageId, Bytes>>,
     progress: Mutex<HashMap<(DeviceId, PackageType), u64>>,
@@ -150,6 +151,7 @@ impl Ota {
             store: Arc::new(CachedStore::new(store, config.lookup_cache_ttl)),
             blobs,
             events: Events::default(),
+            catalog: broadcast::channel(CATALOG_CAPACITY).0,
             config,
             cache: Mutex::new(HashMap::new()),
             progress: Mutex::new(HashMap::new()),
@@ -214,6 +216,7 @@ impl Ota {
             Some(id) => Some(self.store.package(id).await?),
             None => None,
         };
+        self.catalog_event(CatalogEvent::Assignment(c.clone()));
         let pushes = rules::assignment_pushes(c.package_type, c.old, new.as_ref());
         if !pushes.is_empty() {
             self.events.publish(AssignmentEvent {
@@ -223,6 +226,18 @@ impl Ota {
             });
         }
         Ok(new)
+    }
+
+    /// Future catalogue events (assignment changes, profile defaults, uploads, deletions,
+    /// device saves) of this process; see [`CatalogEvent`] for what a consumer must do when
+    /// it falls behind.
+    pub fn catalog_events(&self) -> broadcast::Receiver<CatalogEvent> {
+        self.catalog.subscribe()
+    }
+
+    fn catalog_event(&self, event: CatalogEvent) {
+        // No receiver is not an error: nothing follows the catalogue.
+        let _ = self.catalog.send(event);
     }
 
     /// The store (behind the lookup cache; writes through it clear the cache).
@@ -295,6 +310,9 @@ impl Ota {
             )
             .await?;
         self.announce(&changes).await?;
+        self.catalog_event(CatalogEvent::ProfilePackages {
+            profile: profile.id,
+        });
         Ok(changes)
     }
 
@@ -305,6 +323,7 @@ impl Ota {
     ) -> Result<Vec<AssignmentChange>, ServiceError> {
         let changes = self.store.create_device(device, now_ms()).await?;
         self.announce(&changes).await?;
+        self.catalog_event(CatalogEvent::DeviceSaved { device: device.id });
         Ok(changes)
     }
 
@@ -315,7 +334,15 @@ impl Ota {
     ) -> Result<Vec<AssignmentChange>, ServiceError> {
         let changes = self.store.update_device(device, now_ms()).await?;
         self.announce(&changes).await?;
+        self.catalog_event(CatalogEvent::DeviceSaved { device: device.id });
         Ok(changes)
+    }
+
+    /// Deletes a device and its update states.
+    pub async fn delete_device(&self, id: DeviceId) -> Result<(), ServiceError> {
+        self.store.delete_device(id).await?;
+        self.catalog_event(CatalogEvent::DeviceDeleted { device: id });
+        Ok(())
     }
 
     /// Streams an upload into blob storage, checks the checksum and records the data.
@@ -376,6 +403,7 @@ impl Ota {
             return Err(e.into());
         }
         metrics::counter!("ota_uploads_total").increment(1);
+        self.catalog_event(CatalogEvent::PackageUploaded { package: id });
         Ok(self.store.package(id).await?)
     }
 
@@ -388,6 +416,7 @@ impl Ota {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        self.catalog_event(CatalogEvent::PackageDeleted { package: id });
         Ok(())
     }
 

@@ -10,9 +10,14 @@
 //! The transports depend on `ota-server`'s `DeviceApi`, so `ota-server` cannot mount them
 //! itself; this crate does (docs/adr/0006-otad-crate.md).
 //!
+//! With `[broker]` enabled it also drives the Sming retained announce and the EnigmaIoT OTA
+//! stream over an external MQTT broker from the service's own changes ([`broker`]).
+//!
 //! Each bound address is logged once it is bound (`CoAP listening addr=…`, `MQTT listening
 //! addr=…`, …); `otad listening addr=…` (the REST server) comes last, when every listener is
 //! up.
+
+pub mod broker;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +33,10 @@ use tokio::task::JoinHandle;
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A setting cannot be used (checked again here for callers that did not load the
+    /// configuration through `Config::load`).
+    #[error(transparent)]
+    Config(#[from] ota_server::config::ConfigError),
     /// Storage could not be opened, or the REST server failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
@@ -77,9 +86,25 @@ pub async fn run(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let broker_endpoint = if config.broker.enabled {
+        Some(config.broker.check()?)
+    } else {
+        None
+    };
     let (rest_app, ota) = ota_server::server::build(config).await?;
     let api: Arc<dyn DeviceApi> = ota.clone();
     let mut tasks = Tasks(Vec::new());
+    if let Some(endpoint) = &broker_endpoint {
+        tracing::info!(
+            broker = %format!("{}:{}", endpoint.host, endpoint.port),
+            sming = config.broker.sming,
+            enigma = config.broker.enigma,
+            "external MQTT broker dialects enabled"
+        );
+        tasks
+            .0
+            .extend(broker::spawn(&config.broker, endpoint, &ota));
+    }
 
     let rest = tcp("REST", config.listen).await?;
     let device_http = ota_http::router(ota.clone());

@@ -2,7 +2,8 @@
 //! endpoints).
 //!
 //! ```text
-//! otad [CONFIG.toml] [--listen ADDR] [--coap-listen ADDR|off] [--mqtt-listen ADDR|off] …
+//! otad [CONFIG.toml] [--listen ADDR] [--coap-listen ADDR|off] [--mqtt-listen ADDR|off]
+//!      [--broker-url mqtt://HOST:PORT|off] …
 //! ```
 //!
 //! Settings come from the file, then `OTAD_*` environment variables, then the flags (each
@@ -59,6 +60,18 @@ struct Args {
     /// [OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT].
     #[arg(long, value_name = "BOOL")]
     mqtt_tls_require_client_cert: Option<String>,
+    /// External MQTT broker for the Sming and EnigmaIoT dialects,
+    /// `mqtt://[user[:password]@]host[:port]`, or `off` [OTAD_BROKER_URL]. Prefer the
+    /// environment or the file for a password.
+    #[arg(long, value_name = "URL|off")]
+    broker_url: Option<String>,
+    /// MQTT client id on that broker [OTAD_BROKER_CLIENT_ID].
+    #[arg(long, value_name = "ID")]
+    broker_client_id: Option<String>,
+    /// User name on that broker [OTAD_BROKER_USERNAME] (the password only through
+    /// OTAD_BROKER_PASSWORD or the file, never on the command line).
+    #[arg(long, value_name = "NAME")]
+    broker_username: Option<String>,
 }
 
 impl Args {
@@ -79,6 +92,9 @@ impl Args {
                 "OTAD_MQTT_TLS_REQUIRE_CLIENT_CERT",
                 self.mqtt_tls_require_client_cert,
             ),
+            ("OTAD_BROKER_URL", self.broker_url),
+            ("OTAD_BROKER_CLIENT_ID", self.broker_client_id),
+            ("OTAD_BROKER_USERNAME", self.broker_username),
         ];
         let flags = pairs
             .into_iter()

@@ -1,6 +1,8 @@
 //! A real `otad` process on free loopback ports, and REST set-up through a real HTTP client.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
+pub mod mosquitto;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,8 @@ pub struct Otad {
     pub mqtt_tls: Option<SocketAddr>,
     /// Log lines up to the ready line.
     pub log: Vec<String>,
+    /// Log lines after the ready line, as they come.
+    lines: mpsc::Receiver<String>,
 }
 
 fn addr_of(line: &str) -> SocketAddr {
@@ -71,7 +75,7 @@ impl Otad {
         let mut child = Command::new(env!("CARGO_BIN_EXE_otad"))
             .arg(&config)
             .current_dir(dir.path())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,otad::broker=debug")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -93,9 +97,11 @@ impl Otad {
             mqtt: None,
             mqtt_tls: None,
             log: Vec::new(),
+            lines: rx,
         };
         loop {
-            let line = rx
+            let line = s
+                .lines
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|e| panic!("otad did not report its listeners ({e}): {:?}", s.log));
             s.log.push(line.clone());
@@ -113,6 +119,35 @@ impl Otad {
             }
         }
         s
+    }
+
+    /// The next log line containing every one of `needles`, skipping the others; fails after
+    /// `within`.
+    pub fn wait_log(&mut self, needles: &[&str], within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!("otad logged no line with {needles:?} within {within:?} ({e})")
+            });
+            self.log.push(line.clone());
+            if needles.iter().all(|n| line.contains(n)) {
+                return line;
+            }
+        }
+    }
+
+    /// A line already logged (before the ready line included) containing every one of
+    /// `needles`, or else the next one; fails after `within`.
+    pub fn logged(&mut self, needles: &[&str], within: Duration) -> String {
+        if let Some(line) = self
+            .log
+            .iter()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+        {
+            return line.clone();
+        }
+        self.wait_log(needles, within)
     }
 
     /// `http://` base URL of the REST server.
@@ -220,6 +255,81 @@ impl Rest {
                     "firmwareId": entity("OTA_PACKAGE", &package)}),
         );
         profile
+    }
+
+    /// A new device profile without packages; returns its id.
+    pub fn profile(&self, name: &str) -> String {
+        self.post("/api/deviceProfile", &json!({"name": name}))["id"]["id"]
+            .as_str()
+            .expect("profile id")
+            .to_owned()
+    }
+
+    /// Sets (or clears) a profile's default firmware.
+    pub fn set_profile_firmware(&self, profile: &str, name: &str, package: Option<&str>) {
+        self.post(
+            "/api/deviceProfile",
+            &json!({"id": entity("DEVICE_PROFILE", profile), "name": name,
+                    "firmwareId": package.map(|p| entity("OTA_PACKAGE", p))}),
+        );
+    }
+
+    /// A firmware package of `profile` with `image` uploaded (SHA-256), announced to Sming
+    /// devices of `sming_app_id` if given; returns its id.
+    pub fn package(
+        &self,
+        profile: &str,
+        title: &str,
+        version: &str,
+        sming_app_id: Option<&str>,
+        image: &[u8],
+    ) -> String {
+        let package = self.post(
+            "/api/otaPackage",
+            &json!({"title": title, "version": version, "type": "FIRMWARE",
+                    "deviceProfileId": entity("DEVICE_PROFILE", profile),
+                    "smingAppId": sming_app_id}),
+        )["id"]["id"]
+            .as_str()
+            .expect("package id")
+            .to_owned();
+        let form = reqwest::blocking::multipart::Form::new().part(
+            "file",
+            reqwest::blocking::multipart::Part::bytes(image.to_vec())
+                .file_name(format!("{title}.bin"))
+                .mime_str("application/octet-stream")
+                .expect("mime"),
+        );
+        self.send(
+            self.http
+                .post(format!(
+                    "{}/api/otaPackage/{package}?checksumAlgorithm=SHA256",
+                    self.url
+                ))
+                .multipart(form),
+        );
+        package
+    }
+
+    /// The device's firmware update state once its `state` reads `want`.
+    pub fn wait_for_state(&self, device: &str, want: &str, within: Duration) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let states = self.get(&format!("/api/device/{device}/otaState"));
+            let fw = states
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["type"] == "FIRMWARE"))
+                .cloned()
+                .expect("firmware state");
+            if fw["state"] == want {
+                return fw;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "state never reached {want}: {fw}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// A device on `profile` with access token (credentials id) `token`; returns its id.
