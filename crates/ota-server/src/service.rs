@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use crate::blob::{BlobError, BlobStore};
-use crate::error::{ModelError, RuleError};
+use crate::error::{AttributeError, ModelError, RuleError};
 use crate::events::{AssignmentEvent, Events};
 use crate::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageData, PackageId, PackageSource,
@@ -59,6 +59,9 @@ pub enum ServiceError {
     /// The upload body was unreadable.
     #[error("upload failed: {0}")]
     Upload(String),
+    /// Client attributes from a device were refused; nothing was stored.
+    #[error(transparent)]
+    Attributes(#[from] AttributeError),
 }
 
 impl From<RuleError> for ServiceError {
@@ -83,6 +86,12 @@ pub struct ServiceConfig {
     /// the cache at once; the time-to-live bounds how long any other change made by another
     /// replica stays unseen. Zero disables the cache.
     pub lookup_cache_ttl: Duration,
+    /// Most client attributes one device may hold.
+    pub max_client_attributes: usize,
+    /// Longest client attribute key, characters.
+    pub max_attribute_key_chars: usize,
+    /// Largest client attribute value, bytes of its JSON text.
+    pub max_attribute_value_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -93,6 +102,10 @@ impl Default for ServiceConfig {
             progress_flush: Duration::from_secs(5),
             cached_packages: 16,
             lookup_cache_ttl: Duration::from_secs(2),
+            max_client_attributes: 256,
+            // ThingsBoard's attribute key column is `varchar(255)`.
+            max_attribute_key_chars: 255,
+            max_attribute_value_bytes: 4096,
         }
     }
 }
@@ -471,6 +484,64 @@ pub fn chunk_of(bytes: &Bytes, index: u64, size: u64) -> Bytes {
     bytes.slice(start..end)
 }
 
+/// Parses a client-attributes body (`POST /api/v1/{token}/attributes`, MQTT
+/// `v1/devices/me/attributes`): it must be one JSON object, as ThingsBoard's
+/// `JsonConverter.convertToAttributesProto` requires.
+pub fn parse_client_attributes(body: &[u8]) -> Result<Map<String, Value>, AttributeError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(AttributeError::NotAnObject {
+            got: match other {
+                Value::Array(_) => "array",
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "boolean",
+                Value::Null => "null",
+                Value::Object(_) => "object",
+            },
+        }),
+        Err(e) => Err(AttributeError::NotJson(e.to_string())),
+    }
+}
+
+/// Checks client attributes against the limits of `config` (the key count is checked
+/// again against what is stored, when merging).
+pub fn check_client_attributes(
+    attributes: &Map<String, Value>,
+    config: &ServiceConfig,
+) -> Result<(), AttributeError> {
+    if attributes.len() > config.max_client_attributes {
+        return Err(AttributeError::TooManyKeys {
+            count: attributes.len(),
+            max: config.max_client_attributes,
+        });
+    }
+    for (key, value) in attributes {
+        if key.is_empty() {
+            return Err(AttributeError::EmptyKey);
+        }
+        let len = key.chars().count();
+        if len > config.max_attribute_key_chars {
+            return Err(AttributeError::KeyTooLong {
+                len,
+                max: config.max_attribute_key_chars,
+            });
+        }
+        if value.is_null() {
+            return Err(AttributeError::NullValue { key: key.clone() });
+        }
+        let len = value.to_string().len();
+        if len > config.max_attribute_value_bytes {
+            return Err(AttributeError::ValueTooLarge {
+                key: key.clone(),
+                len,
+                max: config.max_attribute_value_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What every transport (MQTT, HTTP, CoAP) calls.
 #[async_trait]
 pub trait DeviceApi: Send + Sync {
@@ -500,6 +571,27 @@ pub trait DeviceApi: Send + Sync {
     ) -> Result<(), ServiceError>;
     /// Future assignment changes of one device.
     fn subscribe(&self, device: DeviceId) -> broadcast::Receiver<AssignmentEvent>;
+    /// Merges client-scope attributes the device reported: the given keys are replaced, the
+    /// others kept. Bad input fails with [`ServiceError::Attributes`] and stores nothing.
+    /// The default stores nothing and fails with [`AttributeError::Unsupported`].
+    async fn record_client_attributes(
+        &self,
+        device: &Device,
+        attributes: &Map<String, Value>,
+    ) -> Result<(), ServiceError> {
+        let _ = (device, attributes);
+        Err(AttributeError::Unsupported.into())
+    }
+    /// The device's client attributes: all, or only `keys` (keys without a value are left
+    /// out). The default has none.
+    async fn client_attributes(
+        &self,
+        device: &Device,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, ServiceError> {
+        let _ = (device, keys);
+        Ok(Map::new())
+    }
 }
 
 #[async_trait]
@@ -583,6 +675,40 @@ impl DeviceApi for Ota {
 
     fn subscribe(&self, device: DeviceId) -> broadcast::Receiver<AssignmentEvent> {
         self.events.subscribe(device)
+    }
+
+    async fn record_client_attributes(
+        &self,
+        device: &Device,
+        attributes: &Map<String, Value>,
+    ) -> Result<(), ServiceError> {
+        check_client_attributes(attributes, &self.config)?;
+        if attributes.is_empty() {
+            return Ok(());
+        }
+        match self
+            .store
+            .merge_client_attributes(
+                device.id,
+                attributes,
+                self.config.max_client_attributes,
+                now_ms(),
+            )
+            .await
+        {
+            Err(StoreError::Rule(RuleError::TooManyAttributes { count, max })) => {
+                Err(AttributeError::TooManyKeys { count, max }.into())
+            }
+            r => Ok(r?),
+        }
+    }
+
+    async fn client_attributes(
+        &self,
+        device: &Device,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, ServiceError> {
+        Ok(self.store.client_attributes(device.id, keys).await?)
     }
 }
 
