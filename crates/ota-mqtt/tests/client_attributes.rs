@@ -238,6 +238,17 @@ fn refused_payloads_store_nothing() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(reason), "{payload:.40}: {err}");
     }
+    // MQTT 3.1.1 has no PUBACK reason: a refused payload closes the connection, so the
+    // client never sees its publish acknowledged.
+    for payload in ["[1,2]", r#"{"n":null}"#] {
+        let out = publish(&port, "mqttv311", payload);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("connection was lost"),
+            "{payload}: {:?} {err}",
+            out.status
+        );
+    }
     assert_eq!(
         stored(&s),
         serde_json::json!({"keep": 1})

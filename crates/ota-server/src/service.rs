@@ -714,8 +714,64 @@ impl DeviceApi for Ota {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_of;
+    use super::{ServiceConfig, check_client_attributes, chunk_of, parse_client_attributes};
+    use crate::error::AttributeError;
     use bytes::Bytes;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn client_attributes_round_trip(
+            m in prop::collection::btree_map(".{1,16}", json_value(), 0..8)
+        ) {
+            let m: Map<String, Value> = m.into_iter().collect();
+            let text = Value::Object(m.clone()).to_string();
+            prop_assert_eq!(parse_client_attributes(text.as_bytes()), Ok(m.clone()));
+            prop_assert_eq!(check_client_attributes(&m, &ServiceConfig::default()), Ok(()));
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail_typed(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            match parse_client_attributes(&bytes) {
+                Ok(m) => prop_assert!(serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v == Value::Object(m))),
+                Err(AttributeError::NotJson(_) | AttributeError::NotAnObject { .. }) => {}
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_objects_name_their_type() {
+        for (body, got) in [
+            (&b"[]"[..], "array"),
+            (b"\"s\"", "string"),
+            (b"1.5", "number"),
+            (b"true", "boolean"),
+            (b"null", "null"),
+        ] {
+            assert_eq!(
+                parse_client_attributes(body),
+                Err(AttributeError::NotAnObject { got })
+            );
+        }
+    }
 
     #[test]
     fn chunks_follow_reference_vectors_2_to_6() {
