@@ -222,6 +222,40 @@ async fn key_limit_counts_stored_keys(e: Env) {
     );
 }
 
+async fn concurrent_merges_never_pass_the_limit(e: Env) {
+    let (ota, d) = (&e.ota, &e.device);
+    ota.record_client_attributes(d, &keys(0..200))
+        .await
+        .expect("200 keys");
+    // Each alone fits (250 keys); both together would make 300.
+    let (a, b) = (keys(200..250), keys(250..300));
+    let (ra, rb) = tokio::join!(
+        ota.record_client_attributes(d, &a),
+        ota.record_client_attributes(d, &b)
+    );
+    let refused = [&ra, &rb]
+        .iter()
+        .filter(|r| {
+            matches!(
+                r,
+                Err(ServiceError::Attributes(AttributeError::TooManyKeys {
+                    count: 300,
+                    max: 256
+                }))
+            )
+        })
+        .count();
+    assert_eq!(
+        (usize::from(ra.is_ok()) + usize::from(rb.is_ok()), refused),
+        (1, 1),
+        "{ra:?} {rb:?}"
+    );
+    assert_eq!(
+        ota.client_attributes(d, None).await.expect("all").len(),
+        250
+    );
+}
+
 async fn deleting_the_device_deletes_its_attributes(e: Env) {
     let (ota, d) = (&e.ota, &e.device);
     ota.record_client_attributes(d, &obj(&json!({"a": 1})))
@@ -280,6 +314,7 @@ suite! {
     merge_replaces_given_keys_and_keeps_others,
     bad_input_is_a_typed_error_and_stores_nothing,
     key_limit_counts_stored_keys,
+    concurrent_merges_never_pass_the_limit,
     deleting_the_device_deletes_its_attributes,
     attributes_survive_reopening,
 }
