@@ -4,7 +4,8 @@
 //! transfer), speaking ThingsBoard's CoAP device API:
 //!
 //! * `GET /fw/{token}` and `/sw/{token}` with `title`, `version`, `size`, `chunk` queries;
-//! * `GET /api/v1/{token}/attributes` and `POST /api/v1/{token}/telemetry`.
+//! * `GET /api/v1/{token}/attributes` (shared and client attributes), `POST` there (client
+//!   attributes) and `POST /api/v1/{token}/telemetry`.
 //!
 //! The `server` feature serves these over any [`ota_server::service::DeviceApi`] from one
 //! tokio `UdpSocket`; the `device` feature is a blocking client that drives `ota-core`'s

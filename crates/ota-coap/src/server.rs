@@ -41,8 +41,9 @@ use bytes::Bytes;
 use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
+use ota_server::error::AttributeError;
 use ota_server::model::{DeviceId, PackageType};
-use ota_server::service::{DeviceApi, ServiceError};
+use ota_server::service::{DeviceApi, ServiceError, parse_client_attributes};
 use serde_json::{Map, Value};
 use tokio::net::UdpSocket;
 
@@ -467,10 +468,16 @@ async fn attributes<A: DeviceApi + ?Sized>(
     queries: &[&[u8]],
     max_block: u16,
 ) -> Result<Reply, ServiceError> {
-    if req.method != RequestType::Get {
-        return Ok(Reply::status(ResponseType::MethodNotAllowed));
+    match req.method {
+        RequestType::Get => {}
+        RequestType::Post => return post_attributes(api, req, token).await,
+        _ => return Ok(Reply::status(ResponseType::MethodNotAllowed)),
     }
     let keys = match query::shared_keys(queries.iter().copied()) {
+        Ok(k) => k,
+        Err(e) => return Ok(Reply::error(ResponseType::BadRequest, e)),
+    };
+    let client_keys = match query::client_keys(queries.iter().copied()) {
         Ok(k) => k,
         Err(e) => return Ok(Reply::error(ResponseType::BadRequest, e)),
     };
@@ -503,21 +510,66 @@ async fn attributes<A: DeviceApi + ?Sized>(
         }
         _ => {}
     }
-    let shared: Map<String, Value> = match keys {
-        Some(keys) => all.into_iter().filter(|(k, _)| keys.contains(k)).collect(),
-        None => all,
+    // ThingsBoard (`DeviceActorMessageProcessor.handleGetAttributesRequest`): no keys at all
+    // selects every attribute of both scopes; keys of one scope only select none of the
+    // other.
+    let shared: Map<String, Value> = match (&keys, &client_keys) {
+        (Some(keys), _) => all.into_iter().filter(|(k, _)| keys.contains(k)).collect(),
+        (None, Some(_)) => Map::new(),
+        (None, None) => all,
     };
-    if shared.is_empty() {
+    let client = match (&client_keys, &keys) {
+        (Some(wanted), _) => api.client_attributes(&device, Some(wanted)).await?,
+        (None, Some(_)) => Map::new(),
+        (None, None) => api.client_attributes(&device, None).await?,
+    };
+    if shared.is_empty() && client.is_empty() {
         // ThingsBoard's CoAP answers 4.04 when nothing is found (MQTT sends `{}`).
         return Ok(Reply::status(ResponseType::NotFound));
     }
-    let body = serde_json::json!({ "shared": shared }).to_string();
+    // `{"client":{…},"shared":{…}}`, an empty section left out.
+    let mut body = Map::new();
+    if !client.is_empty() {
+        body.insert("client".into(), Value::Object(client));
+    }
+    if !shared.is_empty() {
+        body.insert("shared".into(), Value::Object(shared));
+    }
+    let body = Value::Object(body).to_string();
     Ok(blockwise(
         Bytes::from(body),
         req.block2,
         max_block,
         ContentFormat::ApplicationJSON,
     ))
+}
+
+/// `POST /api/v1/{token}/attributes`: client attributes, one JSON object merged into the
+/// stored ones. ThingsBoard's `CoapTransportResource` answers `2.01 Created` on success
+/// (`new CoapOkCallback(exchange, CREATED, INTERNAL_SERVER_ERROR)`), `4.00` when the body
+/// does not parse, `4.01` for an unknown token; over a limit is `4.00` here too, with the
+/// reason as diagnostic payload, and nothing is stored.
+async fn post_attributes<A: DeviceApi + ?Sized>(
+    api: &A,
+    req: &Request,
+    token: &str,
+) -> Result<Reply, ServiceError> {
+    let device = match device(api, token).await? {
+        Ok(d) => d,
+        Err(reply) => return Ok(reply),
+    };
+    let attributes = match parse_client_attributes(&req.packet.payload) {
+        Ok(a) => a,
+        Err(e) => return Ok(Reply::error(ResponseType::BadRequest, e)),
+    };
+    match api.record_client_attributes(&device, &attributes).await {
+        Ok(()) => Ok(Reply::status(ResponseType::Created)),
+        Err(ServiceError::Attributes(AttributeError::Unsupported)) => {
+            Ok(Reply::status(ResponseType::NotImplemented))
+        }
+        Err(ServiceError::Attributes(e)) => Ok(Reply::error(ResponseType::BadRequest, e)),
+        Err(e) => Err(e),
+    }
 }
 
 async fn telemetry<A: DeviceApi + ?Sized>(

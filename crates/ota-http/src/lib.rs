@@ -3,7 +3,8 @@
 //! ThingsBoard's HTTP device API, both sides.
 //!
 //! * `server` feature — [`router`]: `GET /api/v1/{token}/firmware|software` (chunked by
-//!   `size`/`chunk`, exactly as ThingsBoard answers), `GET /api/v1/{token}/attributes`,
+//!   `size`/`chunk`, exactly as ThingsBoard answers), `GET`/`POST /api/v1/{token}/attributes`
+//!   (shared and client attributes),
 //!   the `attributes/updates` long poll, `POST /api/v1/{token}/telemetry`, and a per-device
 //!   package URL with `Range`/`ETag` for standard downloaders. Every handler calls
 //!   `ota-server`'s `DeviceApi`; bytes are served from the `Bytes` it returns, never copied.

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `GET /api/v1/{token}/firmware?title&version[&size][&chunk]` (and `/software`) | `200` bytes `[size·chunk, …)`, the whole file without `size`, empty past the end; `401` bad token; `404` nothing (stored) assigned; `400` title/version mismatch or bad query |
 //! | `GET /api/v1/{token}/firmware/download` (and `/software/download`) | the assigned package for any downloader: `Range` (one range: `206`/`416`), `ETag`, `If-None-Match` (`304`), `If-Range`, `HEAD` |
-//! | `GET /api/v1/{token}/attributes?sharedKeys=…&clientKeys=…` | `200 {"shared":{…}}` or `{}` |
+//! | `GET /api/v1/{token}/attributes?sharedKeys=…&clientKeys=…` | `200 {"client":{…},"shared":{…}}` (empty sections left out, so possibly `{}`); no keys: everything |
+//! | `POST /api/v1/{token}/attributes` | client attributes (one JSON object, merged into the stored ones) → `200`; `400` not a JSON object or over a limit (nothing stored); `401` bad token |
 //! | `GET /api/v1/{token}/attributes/updates?timeout=ms` | long poll: the next assignment change, else `408` |
 //! | `POST /api/v1/{token}/telemetry` | object, `{"ts","values"}`, or an array of them → `200` |
 //!
@@ -26,13 +27,14 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use ota_server::error::AttributeError;
 use ota_server::model::{Device, OtaPackage, PackageData, PackageType};
 use ota_server::rules::AttributePush;
-use ota_server::service::{DeviceApi, ServiceError};
+use ota_server::service::{DeviceApi, ServiceError, parse_client_attributes};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::query::{AttributeKeys, ChunkQuery, QueryError, long_poll_timeout};
+use crate::query::{AttributeKeys, ChunkQuery, long_poll_timeout};
 use crate::range::{RangeDecision, decide};
 
 /// Longest access token looked up; longer ones are answered `401` without a lookup.
@@ -61,7 +63,10 @@ pub fn router<A: DeviceApi + ?Sized + 'static>(api: Arc<A>) -> Router {
             "/api/v1/{token}/software/download",
             get(software_download::<A>),
         )
-        .route("/api/v1/{token}/attributes", get(attributes::<A>))
+        .route(
+            "/api/v1/{token}/attributes",
+            get(attributes::<A>).post(post_attributes::<A>),
+        )
         .route(
             "/api/v1/{token}/attributes/updates",
             get(attribute_updates::<A>),
@@ -83,7 +88,7 @@ fn status(code: StatusCode) -> Response {
 
 /// A `400` with a small JSON body in the shape of Spring's error (the exact body
 /// ThingsBoard sends is not part of the contract; the status is).
-fn bad_request(err: &QueryError) -> Response {
+fn bad_request(err: &dyn std::fmt::Display) -> Response {
     let body =
         serde_json::json!({ "status": 400, "error": "Bad Request", "message": err.to_string() });
     (
@@ -350,7 +355,9 @@ async fn attributes<A: DeviceApi + ?Sized>(
         Ok(a) => a,
         Err(e) => return internal(&e),
     };
-    // Only shared attributes exist here; client keys alone select none of them.
+    // ThingsBoard (`DeviceActorMessageProcessor.handleGetAttributesRequest`): no keys at all
+    // selects every attribute of both scopes; keys of one scope only select none of the
+    // other.
     let shared: Map<String, Value> = match (&keys.shared, &keys.client) {
         (Some(wanted), _) => all
             .into_iter()
@@ -359,11 +366,52 @@ async fn attributes<A: DeviceApi + ?Sized>(
         (None, Some(_)) => Map::new(),
         (None, None) => all,
     };
+    let client = match (&keys.client, &keys.shared) {
+        (Some(wanted), _) => api.client_attributes(&device, Some(wanted)).await,
+        (None, Some(_)) => Ok(Map::new()),
+        (None, None) => api.client_attributes(&device, None).await,
+    };
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => return internal(&e),
+    };
+    // `{"client":{…},"shared":{…}}`, an empty section left out (ThingsBoard's
+    // `JsonConverter.toJson(GetAttributeResponseMsg)`).
     let mut body = Map::new();
+    if !client.is_empty() {
+        body.insert("client".into(), Value::Object(client));
+    }
     if !shared.is_empty() {
         body.insert("shared".into(), Value::Object(shared));
     }
     json_response(&Value::Object(body))
+}
+
+/// `POST /api/v1/{token}/attributes`: the token is checked first (`401`), then the body must
+/// be one JSON object (`400` otherwise, as ThingsBoard's `JsonConverter` throws on anything
+/// else); it is merged into the device's client attributes and answered with an empty
+/// `200`.
+async fn post_attributes<A: DeviceApi + ?Sized>(
+    State(api): Api<A>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Response {
+    let device = match device(&*api, &token).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let attributes = match parse_client_attributes(&body) {
+        Ok(a) => a,
+        Err(e) => return bad_request(&e),
+    };
+    match api.record_client_attributes(&device, &attributes).await {
+        Ok(()) => status(StatusCode::OK),
+        Err(ServiceError::Attributes(AttributeError::Unsupported)) => {
+            status(StatusCode::NOT_IMPLEMENTED)
+        }
+        Err(ServiceError::Attributes(e)) => bad_request(&e),
+        Err(e) => internal(&e),
+    }
 }
 
 /// One JSON object for the pushes of one assignment change, in ThingsBoard's update format:

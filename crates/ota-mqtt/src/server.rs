@@ -1,6 +1,8 @@
 //! The ThingsBoard-dialect MQTT endpoint: devices connect to `otad` itself (MQTT 3.1.1 and 5
 //! on one port, access token as user name) and get their attributes, chunks and pushes from
-//! [`DeviceApi`], each answer published to the asking session only.
+//! [`DeviceApi`], each answer published to the asking session only. Client attributes
+//! published on `v1/devices/me/attributes` are stored through [`DeviceApi`] and come back in
+//! the `client` section of attribute responses.
 //!
 //! ```no_run
 //! # async fn run(api: std::sync::Arc<dyn ota_server::service::DeviceApi>) -> std::io::Result<()> {

@@ -106,6 +106,11 @@ pub struct Config {
     pub token_ttl_secs: u64,
     /// Largest upload, bytes (`OTAD_MAX_UPLOAD_BYTES`).
     pub max_upload_bytes: u64,
+    /// Most client attributes one device may hold (`OTAD_MAX_CLIENT_ATTRIBUTES`).
+    pub max_client_attributes: usize,
+    /// Largest client attribute value, bytes of its JSON text
+    /// (`OTAD_MAX_ATTRIBUTE_VALUE_BYTES`).
+    pub max_attribute_value_bytes: usize,
     /// Non-final updates older than this fail with TIMEOUT, seconds.
     pub update_timeout_secs: u64,
     /// Coalesced progress is written this often, seconds.
@@ -434,6 +439,9 @@ impl Default for Config {
             jwt_secret: String::new(),
             token_ttl_secs: 9000,
             max_upload_bytes: 16 * 1024 * 1024,
+            max_client_attributes: crate::service::ServiceConfig::default().max_client_attributes,
+            max_attribute_value_bytes: crate::service::ServiceConfig::default()
+                .max_attribute_value_bytes,
             update_timeout_secs: 3600,
             progress_flush_secs: 5,
             notify_namespace: "default".into(),
@@ -558,6 +566,12 @@ impl Config {
         if let Some(v) = get("OTAD_MAX_UPLOAD_BYTES") {
             self.max_upload_bytes = num("OTAD_MAX_UPLOAD_BYTES", &v)?;
         }
+        if let Some(v) = get("OTAD_MAX_CLIENT_ATTRIBUTES") {
+            self.max_client_attributes = num("OTAD_MAX_CLIENT_ATTRIBUTES", &v)?;
+        }
+        if let Some(v) = get("OTAD_MAX_ATTRIBUTE_VALUE_BYTES") {
+            self.max_attribute_value_bytes = num("OTAD_MAX_ATTRIBUTE_VALUE_BYTES", &v)?;
+        }
         if let Some(v) = get("OTAD_HTTP_LISTEN") {
             self.http.listen = if v.is_empty() || v == "rest" {
                 None
@@ -597,6 +611,8 @@ impl Config {
     pub fn service(&self) -> crate::service::ServiceConfig {
         crate::service::ServiceConfig {
             max_upload_bytes: self.max_upload_bytes,
+            max_client_attributes: self.max_client_attributes,
+            max_attribute_value_bytes: self.max_attribute_value_bytes,
             update_timeout: Duration::from_secs(self.update_timeout_secs),
             progress_flush: Duration::from_secs(self.progress_flush_secs.max(1)),
             ..crate::service::ServiceConfig::default()
@@ -774,6 +790,34 @@ mod tests {
         assert!(
             err.to_string().contains("OTAD_MAX_UPLOAD_BYTES") && err.to_string().contains("lots"),
             "{err}"
+        );
+        let err = c
+            .apply_env(|k| (k == "OTAD_MAX_CLIENT_ATTRIBUTES").then(|| "-1".to_owned()))
+            .expect_err("number");
+        assert!(
+            err.to_string().contains("OTAD_MAX_CLIENT_ATTRIBUTES"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn client_attribute_limits_reach_the_service() {
+        let mut c = Config::from_toml(
+            "max_client_attributes = 10
+",
+        )
+        .expect("toml");
+        c.apply_env(|k| (k == "OTAD_MAX_ATTRIBUTE_VALUE_BYTES").then(|| "100".to_owned()))
+            .expect("env");
+        let s = c.service();
+        assert_eq!(
+            (s.max_client_attributes, s.max_attribute_value_bytes),
+            (10, 100)
+        );
+        let d = Config::default().service();
+        assert_eq!(
+            (d.max_client_attributes, d.max_attribute_value_bytes),
+            (256, 4096)
         );
     }
 }

@@ -106,6 +106,68 @@ pub enum RuleError {
         /// The value.
         value: String,
     },
+    /// A device would hold more client attributes than allowed.
+    #[error("device would have {count} client attributes, at most {max} allowed")]
+    TooManyAttributes {
+        /// Keys after the merge.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
+}
+
+/// Client attributes a device sent that cannot be stored; nothing of the request was
+/// stored.
+#[non_exhaustive]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttributeError {
+    /// The body is not JSON.
+    #[error("client attributes are not JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object (ThingsBoard answers these with `400` too).
+    #[error("client attributes must be a JSON object, got {got}")]
+    NotAnObject {
+        /// `array`, `string`, `number`, `boolean`, `null`.
+        got: &'static str,
+    },
+    /// A key is the empty string.
+    #[error("client attribute keys must not be empty")]
+    EmptyKey,
+    /// A key is too long.
+    #[error("client attribute key of {len} characters, at most {max} allowed")]
+    KeyTooLong {
+        /// Characters given.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// A value is `null` (ThingsBoard's converter cannot parse `null` either).
+    #[error("client attribute {key:?} is null")]
+    NullValue {
+        /// The key.
+        key: String,
+    },
+    /// A value is too large.
+    #[error("client attribute {key:?} is {len} bytes of JSON, at most {max} allowed")]
+    ValueTooLarge {
+        /// The key.
+        key: String,
+        /// Bytes of its JSON text.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The device would hold too many keys.
+    #[error("device would have {count} client attributes, at most {max} allowed")]
+    TooManyKeys {
+        /// Keys after the merge.
+        count: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// This device API does not store client attributes.
+    #[error("client attributes are not stored by this service")]
+    Unsupported,
 }
 
 /// A reported state that the server did not trust.

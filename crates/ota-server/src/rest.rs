@@ -91,7 +91,8 @@ impl From<ServiceError> for ApiError {
             | ServiceError::Checksum(_)
             | ServiceError::ChecksumMismatch { .. }
             | ServiceError::NoStoredData { .. }
-            | ServiceError::Upload(_) => Self::bad_request(e.to_string()),
+            | ServiceError::Upload(_)
+            | ServiceError::Attributes(_) => Self::bad_request(e.to_string()),
             ServiceError::Blob(BlobError::TooLarge { .. }) => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 code::BAD_REQUEST_PARAMS,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use crate::blob::{BlobError, BlobStore};
-use crate::error::{ModelError, RuleError};
+use crate::error::{AttributeError, ModelError, RuleError};
 use crate::events::{AssignmentEvent, CATALOG_CAPACITY, CatalogEvent, Events};
 use crate::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageData, PackageId, PackageSource,
@@ -59,6 +59,9 @@ pub enum ServiceError {
     /// The upload body was unreadable.
     #[error("upload failed: {0}")]
     Upload(String),
+    /// Client attributes from a device were refused; nothing was stored.
+    #[error(transparent)]
+    Attributes(#[from] AttributeError),
 }
 
 impl From<RuleError> for ServiceError {
@@ -83,6 +86,12 @@ pub struct ServiceConfig {
     /// the cache at once; the time-to-live bounds how long any other change made by another
     /// replica stays unseen. Zero disables the cache.
     pub lookup_cache_ttl: Duration,
+    /// Most client attributes one device may hold.
+    pub max_client_attributes: usize,
+    /// Longest client attribute key, characters.
+    pub max_attribute_key_chars: usize,
+    /// Largest client attribute value, bytes of its JSON text.
+    pub max_attribute_value_bytes: usize,
 }
 
 impl Default for ServiceConfig {
@@ -93,6 +102,10 @@ impl Default for ServiceConfig {
             progress_flush: Duration::from_secs(5),
             cached_packages: 16,
             lookup_cache_ttl: Duration::from_secs(2),
+            max_client_attributes: 256,
+            // ThingsBoard's attribute key column is `varchar(255)`.
+            max_attribute_key_chars: 255,
+            max_attribute_value_bytes: 4096,
         }
     }
 }
@@ -500,6 +513,64 @@ pub fn chunk_of(bytes: &Bytes, index: u64, size: u64) -> Bytes {
     bytes.slice(start..end)
 }
 
+/// Parses a client-attributes body (`POST /api/v1/{token}/attributes`, MQTT
+/// `v1/devices/me/attributes`): it must be one JSON object, as ThingsBoard's
+/// `JsonConverter.convertToAttributesProto` requires.
+pub fn parse_client_attributes(body: &[u8]) -> Result<Map<String, Value>, AttributeError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(AttributeError::NotAnObject {
+            got: match other {
+                Value::Array(_) => "array",
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "boolean",
+                Value::Null => "null",
+                Value::Object(_) => "object",
+            },
+        }),
+        Err(e) => Err(AttributeError::NotJson(e.to_string())),
+    }
+}
+
+/// Checks client attributes against the limits of `config` (the key count is checked
+/// again against what is stored, when merging).
+pub fn check_client_attributes(
+    attributes: &Map<String, Value>,
+    config: &ServiceConfig,
+) -> Result<(), AttributeError> {
+    if attributes.len() > config.max_client_attributes {
+        return Err(AttributeError::TooManyKeys {
+            count: attributes.len(),
+            max: config.max_client_attributes,
+        });
+    }
+    for (key, value) in attributes {
+        if key.is_empty() {
+            return Err(AttributeError::EmptyKey);
+        }
+        let len = key.chars().count();
+        if len > config.max_attribute_key_chars {
+            return Err(AttributeError::KeyTooLong {
+                len,
+                max: config.max_attribute_key_chars,
+            });
+        }
+        if value.is_null() {
+            return Err(AttributeError::NullValue { key: key.clone() });
+        }
+        let len = value.to_string().len();
+        if len > config.max_attribute_value_bytes {
+            return Err(AttributeError::ValueTooLarge {
+                key: key.clone(),
+                len,
+                max: config.max_attribute_value_bytes,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What every transport (MQTT, HTTP, CoAP) calls.
 #[async_trait]
 pub trait DeviceApi: Send + Sync {
@@ -529,6 +600,27 @@ pub trait DeviceApi: Send + Sync {
     ) -> Result<(), ServiceError>;
     /// Future assignment changes of one device.
     fn subscribe(&self, device: DeviceId) -> broadcast::Receiver<AssignmentEvent>;
+    /// Merges client-scope attributes the device reported: the given keys are replaced, the
+    /// others kept. Bad input fails with [`ServiceError::Attributes`] and stores nothing.
+    /// The default stores nothing and fails with [`AttributeError::Unsupported`].
+    async fn record_client_attributes(
+        &self,
+        device: &Device,
+        attributes: &Map<String, Value>,
+    ) -> Result<(), ServiceError> {
+        let _ = (device, attributes);
+        Err(AttributeError::Unsupported.into())
+    }
+    /// The device's client attributes: all, or only `keys` (keys without a value are left
+    /// out). The default has none.
+    async fn client_attributes(
+        &self,
+        device: &Device,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, ServiceError> {
+        let _ = (device, keys);
+        Ok(Map::new())
+    }
 }
 
 #[async_trait]
@@ -613,12 +705,102 @@ impl DeviceApi for Ota {
     fn subscribe(&self, device: DeviceId) -> broadcast::Receiver<AssignmentEvent> {
         self.events.subscribe(device)
     }
+
+    async fn record_client_attributes(
+        &self,
+        device: &Device,
+        attributes: &Map<String, Value>,
+    ) -> Result<(), ServiceError> {
+        check_client_attributes(attributes, &self.config)?;
+        if attributes.is_empty() {
+            return Ok(());
+        }
+        match self
+            .store
+            .merge_client_attributes(
+                device.id,
+                attributes,
+                self.config.max_client_attributes,
+                now_ms(),
+            )
+            .await
+        {
+            Err(StoreError::Rule(RuleError::TooManyAttributes { count, max })) => {
+                Err(AttributeError::TooManyKeys { count, max }.into())
+            }
+            r => Ok(r?),
+        }
+    }
+
+    async fn client_attributes(
+        &self,
+        device: &Device,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, ServiceError> {
+        Ok(self.store.client_attributes(device.id, keys).await?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_of;
+    use super::{ServiceConfig, check_client_attributes, chunk_of, parse_client_attributes};
+    use crate::error::AttributeError;
     use bytes::Bytes;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn client_attributes_round_trip(
+            m in prop::collection::btree_map(".{1,16}", json_value(), 0..8)
+        ) {
+            let m: Map<String, Value> = m.into_iter().collect();
+            let text = Value::Object(m.clone()).to_string();
+            prop_assert_eq!(parse_client_attributes(text.as_bytes()), Ok(m.clone()));
+            prop_assert_eq!(check_client_attributes(&m, &ServiceConfig::default()), Ok(()));
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail_typed(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            match parse_client_attributes(&bytes) {
+                Ok(m) => prop_assert!(serde_json::from_slice::<Value>(&bytes).is_ok_and(|v| v == Value::Object(m))),
+                Err(AttributeError::NotJson(_) | AttributeError::NotAnObject { .. }) => {}
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn non_objects_name_their_type() {
+        for (body, got) in [
+            (&b"[]"[..], "array"),
+            (b"\"s\"", "string"),
+            (b"1.5", "number"),
+            (b"true", "boolean"),
+            (b"null", "null"),
+        ] {
+            assert_eq!(
+                parse_client_attributes(body),
+                Err(AttributeError::NotAnObject { got })
+            );
+        }
+    }
 
     #[test]
     fn chunks_follow_reference_vectors_2_to_6() {

@@ -135,6 +135,25 @@ impl Store for Counting {
     async fn update_states(&self) -> Result<Vec<DeviceUpdateState>, StoreError> {
         self.inner.update_states().await
     }
+    async fn merge_client_attributes(
+        &self,
+        device: DeviceId,
+        attributes: &serde_json::Map<String, serde_json::Value>,
+        max_keys: usize,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.hit();
+        self.inner
+            .merge_client_attributes(device, attributes, max_keys, now)
+            .await
+    }
+    async fn client_attributes(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+        self.inner.client_attributes(device, keys).await
+    }
 }
 
 #[tokio::test]

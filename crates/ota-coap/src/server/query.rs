@@ -100,14 +100,28 @@ impl DownloadQuery {
     }
 }
 
-/// The keys of an attributes request (`sharedKeys=a,b`); `None` = every shared attribute.
+/// The keys of an attributes request (`sharedKeys=a,b`); `None` = not asked for.
 pub fn shared_keys<'a>(
+    options: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Vec<String>>, QueryError> {
+    keys_of("sharedKeys", options)
+}
+
+/// The client keys of an attributes request (`clientKeys=a,b`); `None` = not asked for.
+pub fn client_keys<'a>(
+    options: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Vec<String>>, QueryError> {
+    keys_of("clientKeys", options)
+}
+
+fn keys_of<'a>(
+    name: &str,
     options: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Option<Vec<String>>, QueryError> {
     let mut keys: Option<Vec<String>> = None;
     for (index, option) in options.into_iter().enumerate() {
         let (key, value) = split(option, index)?;
-        if key == "sharedKeys" {
+        if key == name {
             // Repeated parameters are joined, as ThingsBoard's HTTP API does.
             keys.get_or_insert_with(Vec::new).extend(
                 value
@@ -216,6 +230,8 @@ mod tests {
             ]))
         );
         assert_eq!(shared_keys([&b"x=1"[..]]), Ok(None));
+        assert_eq!(client_keys(opts), Ok(Some(vec!["x".into()])));
+        assert_eq!(client_keys([&b"sharedKeys=a"[..]]), Ok(None));
     }
 
     proptest! {

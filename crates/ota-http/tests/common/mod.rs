@@ -69,6 +69,20 @@ impl DeviceApi for Observed {
         let _ = self.subscribed.lock().map(|tx| tx.send(device));
         rx
     }
+    async fn record_client_attributes(
+        &self,
+        device: &Device,
+        attributes: &Map<String, Value>,
+    ) -> Result<(), ServiceError> {
+        self.ota.record_client_attributes(device, attributes).await
+    }
+    async fn client_attributes(
+        &self,
+        device: &Device,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, ServiceError> {
+        self.ota.client_attributes(device, keys).await
+    }
 }
 
 pub struct Server {

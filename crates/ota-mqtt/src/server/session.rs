@@ -18,9 +18,10 @@ use mqtt_endpoint_tokio::mqtt_ep::{
 };
 use ota_core::frame::thingsboard::AttributesRequest;
 use ota_core::topic::{Field, Kind, RequestId, Topic, TopicError};
+use ota_server::error::AttributeError;
 use ota_server::model::{Device, OtaPackage, PackageType};
 use ota_server::rules::AttributePush;
-use ota_server::service::{DeviceApi, ServiceError};
+use ota_server::service::{DeviceApi, ServiceError, parse_client_attributes};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc};
 
@@ -555,13 +556,7 @@ impl Session {
         }
         match Topic::parse(m.topic) {
             Ok(Topic::Telemetry) => self.telemetry(&m).await,
-            Ok(Topic::Attributes) => {
-                // Client-side attributes are accepted and not stored.
-                if serde_json::from_slice::<Map<String, Value>>(m.payload).is_err() {
-                    return self.bad_payload(&m, "client attributes").await;
-                }
-                self.puback(m.packet_id, PubackReasonCode::Success).await
-            }
+            Ok(Topic::Attributes) => self.client_attributes(&m).await,
             Ok(Topic::AttributesRequest { id }) => self.attributes_request(&m, id).await,
             Ok(Topic::RpcRequest { id }) => self.rpc(&m, id).await,
             Ok(Topic::ChunkRequest {
@@ -600,17 +595,80 @@ impl Session {
         self.puback(m.packet_id, PubackReasonCode::Success).await
     }
 
+    /// `v1/devices/me/attributes`: client attributes, one JSON object merged into the
+    /// stored ones. A payload that is not a JSON object is malformed (MQTT 5 PUBACK `0x99`,
+    /// MQTT 3.1.1 disconnect, as ThingsBoard does); over a limit is the same, except too many
+    /// keys, which MQTT 5 answers with `0x97` (quota exceeded). Nothing of a refused payload
+    /// is stored.
+    async fn client_attributes(&mut self, m: &Incoming<'_>) -> Result<(), End> {
+        let Ok(attributes) = parse_client_attributes(m.payload) else {
+            return self.bad_payload(m, "client attributes").await;
+        };
+        match self
+            .api
+            .record_client_attributes(&self.device, &attributes)
+            .await
+        {
+            Ok(()) => self.puback(m.packet_id, PubackReasonCode::Success).await,
+            // A device API without attribute storage: accepted and not stored.
+            Err(ServiceError::Attributes(AttributeError::Unsupported)) => {
+                self.puback(m.packet_id, PubackReasonCode::Success).await
+            }
+            Err(ServiceError::Attributes(e @ AttributeError::TooManyKeys { .. })) if self.v5 => {
+                tracing::debug!(device = %self.device.id, error = %e, "client attributes refused");
+                self.puback(m.packet_id, PubackReasonCode::QuotaExceeded)
+                    .await
+            }
+            Err(ServiceError::Attributes(e)) => {
+                tracing::debug!(device = %self.device.id, error = %e, "client attributes refused");
+                self.bad_payload(m, "client attributes").await
+            }
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "recording client attributes failed");
+                let reason = if self.v5 {
+                    PubackReasonCode::ImplementationSpecificError
+                } else {
+                    PubackReasonCode::Success
+                };
+                self.puback(m.packet_id, reason).await
+            }
+        }
+    }
+
+    /// `v1/devices/me/attributes/request/{id}` → `v1/devices/me/attributes/response/{id}`
+    /// with `{"client":{…},"shared":{…}}`, an empty section left out (`{}` when nothing is
+    /// found). As ThingsBoard's `DeviceActorMessageProcessor.handleGetAttributesRequest`:
+    /// neither `clientKeys` nor `sharedKeys` selects every attribute of both scopes; keys
+    /// of one scope only select none of the other.
     async fn attributes_request(&mut self, m: &Incoming<'_>, id: u32) -> Result<(), End> {
         let Ok(req) = AttributesRequest::parse(m.payload) else {
             return self.bad_payload(m, "attribute request").await;
         };
-        let all = match self.fresh_device().await {
-            Ok(Some(d)) => self.api.shared_attributes(&d).await,
+        let device = match self.fresh_device().await {
+            Ok(Some(d)) => d,
             Ok(None) => return Err(End::Close(DisconnectReasonCode::NotAuthorized)),
-            Err(e) => Err(e),
+            Err(e) => {
+                tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
+                return Err(End::Close(
+                    DisconnectReasonCode::ImplementationSpecificError,
+                ));
+            }
         };
-        let all = match all {
-            Ok(a) => a,
+        let client_keys: Option<Vec<String>> = req
+            .client_keys
+            .is_some()
+            .then(|| req.client().map(str::to_owned).collect());
+        let read = async {
+            let all = self.api.shared_attributes(&device).await?;
+            let client = match (&client_keys, req.shared_keys) {
+                (Some(wanted), _) => self.api.client_attributes(&device, Some(wanted)).await?,
+                (None, Some(_)) => Map::new(),
+                (None, None) => self.api.client_attributes(&device, None).await?,
+            };
+            Ok::<_, ServiceError>((all, client))
+        };
+        let (all, client) = match read.await {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
                 return Err(End::Close(
@@ -625,11 +683,13 @@ impl Session {
                     .filter(|(k, _)| wanted.contains(&k.as_str()))
                     .collect()
             }
-            // Only shared attributes exist here; client keys alone select none.
             (None, Some(_)) => Map::new(),
             (None, None) => all,
         };
         let mut body = Map::new();
+        if !client.is_empty() {
+            body.insert("client".into(), Value::Object(client));
+        }
         if !shared.is_empty() {
             body.insert("shared".into(), Value::Object(shared));
         }

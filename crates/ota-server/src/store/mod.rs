@@ -7,6 +7,7 @@ pub use cache::CachedStore;
 pub use sql::SqlStore;
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 
 use crate::error::RuleError;
 use crate::model::{
@@ -207,7 +208,7 @@ pub trait Store: Send + Sync + 'static {
     async fn device_by_token(&self, token: &str) -> Result<Option<Device>, StoreError>;
     /// All devices, by name.
     async fn devices(&self) -> Result<Vec<Device>, StoreError>;
-    /// Deletes a device and its update states.
+    /// Deletes a device, its update states and its client attributes.
     async fn delete_device(&self, id: DeviceId) -> Result<(), StoreError>;
 
     /// Creates package info (no data yet, or a URL).
@@ -249,4 +250,23 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Every stored update state (fleet view).
     async fn update_states(&self) -> Result<Vec<DeviceUpdateState>, StoreError>;
+
+    /// Merges client-scope attributes into a device's: the given keys are replaced, the
+    /// others kept, all in one transaction. If the device would then hold more than
+    /// `max_keys` keys, fails with [`RuleError::TooManyAttributes`] and writes nothing.
+    /// [`StoreError::NotFound`] if there is no such device.
+    async fn merge_client_attributes(
+        &self,
+        device: DeviceId,
+        attributes: &Map<String, Value>,
+        max_keys: usize,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+    /// A device's client attributes: all of them, or only those named in `keys` (names
+    /// without a value are left out). A device without attributes (or no device) has none.
+    async fn client_attributes(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, StoreError>;
 }

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -22,9 +23,10 @@ use ota_core::checksum::ChecksumAlgorithm;
 
 /// Schema migrations, applied in order at start; each runs once (recorded in
 /// `ota_schema_version`). The SQL is portable between SQLite and PostgreSQL.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r"
 CREATE TABLE device_profiles (
     id TEXT PRIMARY KEY,
     created_time BIGINT NOT NULL,
@@ -79,7 +81,20 @@ CREATE TABLE device_update_states (
     PRIMARY KEY (device_id, package_type)
 );
 ",
-)];
+    ),
+    (
+        2,
+        r"
+CREATE TABLE device_client_attributes (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    attr_key TEXT NOT NULL,
+    json_value TEXT NOT NULL,
+    last_update_ts BIGINT NOT NULL,
+    PRIMARY KEY (device_id, attr_key)
+);
+",
+    ),
+];
 
 /// `format!` for SQL text built only from constants of this module (column lists, lock
 /// clauses, numbered placeholders): never from user input, which is always bound.
@@ -829,6 +844,7 @@ impl Store for SqlStore {
         with_pool!(write self, |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query("DELETE FROM device_update_states WHERE device_id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM device_client_attributes WHERE device_id = $1").bind(id.to_string()).execute(&mut *tx).await?;
             let done = sqlx::query("DELETE FROM devices WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
             if done.rows_affected() == 0 {
                 return Err(not_found("device", id));
@@ -1074,6 +1090,76 @@ impl Store for SqlStore {
                 .collect()
         })
     }
+
+    async fn merge_client_attributes(
+        &self,
+        device: DeviceId,
+        attributes: &Map<String, Value>,
+        max_keys: usize,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        with_pool!(write self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            // Locking the device row serialises merges into one device on PostgreSQL, so the
+            // key count checked below is the count written (SQLite has one writer anyway).
+            let _: Device = fetch_device!(&mut *tx, device, self.lock_clause())?;
+            let existing: Vec<(String,)> =
+                sqlx::query_as("SELECT attr_key FROM device_client_attributes WHERE device_id = $1")
+                    .bind(device.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            let added = attributes.keys().filter(|k| !existing.iter().any(|(e,)| e == *k)).count();
+            let count = existing.len() + added;
+            if count > max_keys {
+                return Err(RuleError::TooManyAttributes { count, max: max_keys }.into());
+            }
+            for (key, value) in attributes {
+                sqlx::query(
+                    "INSERT INTO device_client_attributes (device_id, attr_key, json_value, last_update_ts) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, attr_key) \
+                     DO UPDATE SET json_value = excluded.json_value, last_update_ts = excluded.last_update_ts",
+                )
+                .bind(device.to_string())
+                .bind(key)
+                .bind(value.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    async fn client_attributes(
+        &self,
+        device: DeviceId,
+        keys: Option<&[String]>,
+    ) -> Result<Map<String, Value>, StoreError> {
+        with_pool!(read self, |pool| {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT attr_key, json_value FROM device_client_attributes WHERE device_id = $1 ORDER BY attr_key",
+            )
+            .bind(device.to_string())
+            .fetch_all(pool)
+            .await?;
+            attributes_from_rows(rows, keys)
+        })
+    }
+}
+
+fn attributes_from_rows(
+    rows: Vec<(String, String)>,
+    keys: Option<&[String]>,
+) -> Result<Map<String, Value>, StoreError> {
+    rows.into_iter()
+        .filter(|(k, _)| keys.is_none_or(|keys| keys.contains(k)))
+        .map(|(k, v)| {
+            serde_json::from_str(&v)
+                .map(|v| (k, v))
+                .map_err(|e| corrupt("client attribute")(e.to_string()))
+        })
+        .collect()
 }
 
 fn name_or_token_taken(e: &sqlx::Error, device: &Device) -> StoreError {
