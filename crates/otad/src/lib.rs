@@ -80,6 +80,19 @@ fn local(
     r.map_err(|source| RunError::Bind { what, addr, source })
 }
 
+/// Serves the HTTP device API on its own listener, each response sent at once (device
+/// requests are small request/response pairs).
+async fn serve_device_http(l: TcpListener, app: axum::Router) {
+    let l = axum::serve::ListenerExt::tap_io(l, |s| {
+        if let Err(e) = s.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    if let Err(e) = axum::serve(l, app).await {
+        tracing::error!(error = %e, "HTTP device API server failed");
+    }
+}
+
 /// Opens storage, binds every configured listener and serves until `shutdown` completes;
 /// then drains REST requests, writes pending progress and returns.
 pub async fn run(
@@ -114,16 +127,9 @@ pub async fn run(
             let l = tcp("the HTTP device API", addr).await?;
             let bound = local("the HTTP device API", addr, l.local_addr())?;
             tracing::info!(addr = %bound, "HTTP device API listening");
-            tasks.0.push(tokio::spawn(async move {
-                let l = axum::serve::ListenerExt::tap_io(l, |s| {
-                    if let Err(e) = s.set_nodelay(true) {
-                        tracing::debug!(error = %e, "TCP_NODELAY not set");
-                    }
-                });
-                if let Err(e) = axum::serve(l, device_http).await {
-                    tracing::error!(error = %e, "HTTP device API server failed");
-                }
-            }));
+            tasks
+                .0
+                .push(tokio::spawn(serve_device_http(l, device_http)));
             rest_app
         }
     };
