@@ -1,9 +1,11 @@
 //! `ota-demo-device`: a device on a file-backed simulated NOR flash that runs firmware 1.0.0
-//! from slot A and updates from the demo server over ThingsBoard's HTTP or CoAP device API.
+//! from slot A and updates from the demo server over ThingsBoard's HTTP, CoAP or MQTT device
+//! API.
 //!
 //! ```text
 //! ota-demo-device --http http://127.0.0.1:8080 --token demo-http-1 --keys DIR [--flash dev.flash]
 //! ota-demo-device --coap 127.0.0.1:5683       --token demo-coap-1 --keys DIR [--flash dev.flash]
+//! ota-demo-device --mqtt 127.0.0.1:1884       --token demo-mqtt-1 --keys DIR [--flash dev.flash]
 //! ```
 //!
 //! Packages are signed and encrypted (`ota-crypto`): the device pins the root public key,
@@ -40,7 +42,10 @@ use ota_demo_device::log::Log;
 use ota_demo_device::trust::{Trust, TrustFiles};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "A simulated A/B device updating over HTTP or CoAP")]
+#[command(
+    version,
+    about = "A simulated A/B device updating over HTTP, CoAP or MQTT"
+)]
 struct Args {
     // Transports: exactly one. A new transport adds its flag here (and to the group) and a
     // `TransportConfig` variant.
@@ -50,6 +55,9 @@ struct Args {
     /// Address of the CoAP device API (`127.0.0.1:5683`).
     #[arg(long, group = "transport")]
     coap: Option<SocketAddr>,
+    /// Host and port of the MQTT device API (`127.0.0.1:1884`).
+    #[arg(long, group = "transport", value_name = "HOST:PORT", value_parser = host_port)]
+    mqtt: Option<(String, u16)>,
     /// The device's access token.
     #[arg(long)]
     token: String,
@@ -79,12 +87,31 @@ struct Args {
     cut_at: Option<u64>,
 }
 
+/// Parses `host:port` (`[::1]:1884` for an IPv6 address).
+fn host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|e| format!("port {port:?} of {text:?}: {e}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{text:?} names no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 impl Args {
     fn transport(&self) -> anyhow::Result<TransportConfig> {
-        match (&self.http, self.coap) {
-            (Some(url), None) => Ok(TransportConfig::Http(url.clone())),
-            (None, Some(addr)) => Ok(TransportConfig::Coap(addr)),
-            _ => bail!("one of --http or --coap is required"),
+        match (&self.http, self.coap, &self.mqtt) {
+            (Some(url), None, None) => Ok(TransportConfig::Http(url.clone())),
+            (None, Some(addr), None) => Ok(TransportConfig::Coap(addr)),
+            (None, None, Some((host, port))) => Ok(TransportConfig::Mqtt {
+                host: host.clone(),
+                port: *port,
+            }),
+            _ => bail!("one of --http, --coap or --mqtt is required"),
         }
     }
 
