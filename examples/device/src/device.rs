@@ -401,16 +401,16 @@ fn unix_now() -> u64 {
 }
 
 /// What one power-on left running.
-struct PowerOn {
-    boot: BootController<SimFlash>,
-    slot: Slot,
-    running: Header,
+pub(crate) struct PowerOn {
+    pub(crate) boot: BootController<SimFlash>,
+    pub(crate) slot: Slot,
+    pub(crate) running: Header,
 }
 
 /// Powers the device on: lets the boot state pick the slot, reads the version from that slot
 /// and, for a trial, runs the image's self-test and confirms it or rejects it (`None`: the
 /// trial was rejected, power-cycle again). `on_boot` sees every slot that starts.
-fn power_on(
+pub(crate) fn power_on(
     chip: &Chip,
     cycle: u32,
     log: &Log,
@@ -505,6 +505,11 @@ pub fn run(
     on_boot: &mut dyn FnMut(&Chip, Slot, &Header),
 ) -> anyhow::Result<End> {
     let result = cycles(settings, chip, log, on_boot);
+    finish(chip, log, result)
+}
+
+/// The end of a run: `result` while the chip has power, otherwise the power cut.
+pub(crate) fn finish(chip: &Chip, log: &Log, result: anyhow::Result<End>) -> anyhow::Result<End> {
     if chip.is_powered() {
         return result;
     }

@@ -11,4 +11,5 @@ pub mod device;
 pub mod flash;
 pub mod image;
 pub mod log;
+pub mod sming;
 pub mod trust;
