@@ -20,8 +20,9 @@
 //! protects what is received.
 //!
 //! Memory: the client (`rumqttc`) reads the whole PUBLISH into memory before handing it
-//! over, so receiving costs about the image size on top of the process; see
-//! `crates/ota-mqtt/README.md` for measured figures.
+//! over, so receiving costs about the image size on top of the process (the payload is used
+//! where the client put it, not copied again); `ota_mqtt::sming` and `docs/getting-started.md`
+//! give measured figures and what a streaming client would need.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,7 @@ use ota_core::updater::{self, Action, Kind, Offer, PlainReader, Updater};
 use ota_core::version::Version;
 use ota_http::device::Slot as _;
 use ota_testkit::flash::SimFlash;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, Event, MqttOptions, Packet, Publish, QoS};
 use sha2::{Digest as _, Sha256};
 
 use crate::device::{End, PowerOn, Rejection, finish, power_on};
@@ -79,7 +80,7 @@ pub fn run(
 }
 
 /// The announce received: `None` when nothing is retained on the topic (or it was withdrawn).
-fn receive(settings: &SmingSettings, topic: &str, log: &Log) -> anyhow::Result<Option<Vec<u8>>> {
+fn receive(settings: &SmingSettings, topic: &str, log: &Log) -> anyhow::Result<Option<Publish>> {
     let id = format!("ota-demo-sming-{}", std::process::id());
     let mut options = MqttOptions::new(id, settings.host.clone(), settings.port);
     options.set_keep_alive(Duration::from_secs(30));
@@ -108,7 +109,8 @@ fn receive(settings: &SmingSettings, topic: &str, log: &Log) -> anyhow::Result<O
                 if p.payload.is_empty() {
                     return Ok(None);
                 }
-                return Ok(Some(p.payload.to_vec()));
+                // The payload as the client read it: no second copy of the image.
+                return Ok(Some(p));
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -263,7 +265,7 @@ fn cycles(
         let current = Version::parse(&running.version)
             .map_err(|e| anyhow!("running version {:?}: {e:?}", running.version))?;
         let topic = format!("a/{}/u/{}.{}", settings.app, current.major, current.minor);
-        let Some(payload) = receive(settings, &topic, log)? else {
+        let Some(Publish { payload, .. }) = receive(settings, &topic, log)? else {
             log.step("IDLE", format!("nothing announced on {topic}"));
             return Ok(End::Current {
                 version: running.version,
