@@ -1,7 +1,9 @@
 //! The device as a Sming `OtaUpgradeMqtt` device (`--sming`) against a private Mosquitto on
 //! a free loopback port: the retained announce, published by `ota-mqtt`'s `SmingAnnouncer`, is
 //! decoded, installed through the updater, trial-booted and confirmed; a lower or equal patch
-//! is not installed again, and an image whose self-test fails is rolled back.
+//! is not installed again, an image whose self-test fails is rolled back, and a power cut
+//! while the image is written leaves the old version running until the next power-on
+//! installs it.
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -113,11 +115,16 @@ impl Mosquitto {
 }
 
 fn device(broker: &Mosquitto, flash: &Path) -> Output {
+    device_with(broker, flash, &[])
+}
+
+fn device_with(broker: &Mosquitto, flash: &Path, extra: &[&str]) -> Output {
     Command::new(DEVICE)
         .args(["--sming", APP, "--broker"])
         .arg(format!("127.0.0.1:{}", broker.port))
         .args(["--announce-wait", "2", "--flash"])
         .arg(flash)
+        .args(extra)
         .stderr(Stdio::piped())
         .output()
         .expect("running ota-demo-device")
@@ -226,6 +233,34 @@ fn a_sming_announce_that_does_not_match_its_image_or_fit_the_slot_is_refused() {
     assert!(
         result_line(&text)
             .starts_with("RESULT version=1.0.0 slot=A rejected=1.0.9 error=INSUFFICIENT_STORAGE "),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_power_cut_while_writing_a_sming_image_is_survived() {
+    let broker = Mosquitto::start();
+    broker.announce("1.0.2", image::build("1.0.2", true, 100_000));
+    let dir = tempfile::tempdir().expect("flash dir");
+    let flash = dir.path().join("sming.flash");
+    let out = device_with(&broker, &flash, &["--cut-at", "30"]);
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        result_line(&text).starts_with("RESULT power_cut_at=30 during=DOWNLOADING "),
+        "{text}"
+    );
+    // Powered on again: slot A still runs 1.0.0, the retained announce brings the whole image
+    // again and it is installed.
+    let again = device(&broker, &flash);
+    let text = self::text(&again);
+    assert_eq!(again.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("power-on #1: normal boot, slot A runs 1.0.0"),
+        "{text}"
+    );
+    assert!(
+        result_line(&text).starts_with("RESULT version=1.0.2 slot=B "),
         "{text}"
     );
 }
