@@ -5,7 +5,7 @@
 //! while the image is written leaves the old version running until the next power-on
 //! installs it.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -262,5 +262,114 @@ fn a_power_cut_while_writing_a_sming_image_is_survived() {
     assert!(
         result_line(&text).starts_with("RESULT version=1.0.2 slot=B "),
         "{text}"
+    );
+}
+
+/// The server binary: built next to the device binary, by cargo when this package's tests
+/// run alone.
+fn server_binary() -> PathBuf {
+    let device = Path::new(DEVICE);
+    let server = device.with_file_name(format!("ota-demo-server{}", std::env::consts::EXE_SUFFIX));
+    if !server.exists() {
+        let profile_dir = device.parent().expect("target profile directory");
+        let target_dir = profile_dir.parent().expect("target directory");
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "-p", "ota-demo-server", "--bin", "ota-demo-server"])
+            .arg("--target-dir")
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(
+            status.success(),
+            "building ota-demo-server failed: {status}"
+        );
+    }
+    server
+}
+
+#[test]
+fn the_demo_server_announces_to_a_broker_and_the_sming_device_installs_it() {
+    let broker = Mosquitto::start();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut server = Command::new(server_binary())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--image-len", "40000", "--broker"])
+        .arg(format!("127.0.0.1:{}", broker.port))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting ota-demo-server");
+    let stdout = server.stdout.take().expect("piped stdout");
+    let mut announced = None;
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.starts_with("setup: Sming announce ") {
+            announced = Some(line);
+        } else if line.starts_with("READY ") {
+            break;
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let announced = announced.expect("the server printed no Sming announce line");
+    assert!(
+        announced.starts_with("setup: Sming announce of 1.0.1 retained on a/demo/u/1.0 at "),
+        "{announced}"
+    );
+    // The server is gone; the broker keeps the announce.
+    let dir = tempfile::tempdir().expect("flash dir");
+    let out = device(&broker, &dir.path().join("sming.flash"));
+    let text = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        result_line(&text).starts_with("RESULT version=1.0.1 slot=B "),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_sming_flags_and_an_unreachable_broker_are_errors() {
+    let dir = tempfile::tempdir().expect("flash dir");
+    let flash = dir.path().join("sming.flash");
+    let run = |args: &[&str]| {
+        Command::new(DEVICE)
+            .args(args)
+            .arg("--flash")
+            .arg(&flash)
+            .output()
+            .expect("running ota-demo-device")
+    };
+    let out = run(&["--sming", APP]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--broker"));
+    let out = run(&["--sming", APP, "--broker", "localhost"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not HOST:PORT"));
+    let out = run(&["--sming", APP, "--broker", "127.0.0.1:http"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("port \"http\""));
+
+    // Nothing listens on this port.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let broker = format!("127.0.0.1:{}", closed.port());
+    let out = run(&["--sming", APP, "--broker", &broker, "--announce-wait", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("broker {broker}: ")), "{stderr}");
+
+    let server = Command::new(server_binary())
+        .args(["--broker", &broker])
+        .output()
+        .expect("running ota-demo-server");
+    let stderr = String::from_utf8_lossy(&server.stderr);
+    assert_eq!(server.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("connecting to the broker {broker}")),
+        "{stderr}"
     );
 }

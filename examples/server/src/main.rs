@@ -14,6 +14,10 @@
 //! READY http=127.0.0.1:40123 coap=127.0.0.1:51234 mqtt=127.0.0.1:40124 token=demo-http-1 tokens=demo-http-1,… keys=/tmp/…/device-keys data=/tmp/…
 //! ```
 //!
+//! With `--broker HOST:PORT` it also publishes a Sming announce there before `READY`: the
+//! demo image `1.0.1` (self-test passes, not signed: Sming's simple format has no signature),
+//! retained on `a/demo/u/1.0` (`--sming-app` changes `demo`), for `ota-demo-device --sming`.
+//!
 //! Then a line per change of a device's recorded update state
 //! (`STATE token=demo-http-1 fw_state=UPDATED current=1.1.0 target=1.1.0`), until SIGINT or
 //! SIGTERM.
@@ -50,6 +54,8 @@ use ota_crypto::writer::{PackageSpec, PackageWriter, Sealing};
 use ota_demo_device::device::DEFAULT_TARGET;
 use ota_demo_device::image;
 use ota_demo_device::trust::{KEY_SET_FILE, PAYLOAD_FILE, ROOT_FILE};
+use ota_mqtt::broker::BrokerOptions;
+use ota_mqtt::sming::{SmingAnnouncer, SmingVersion};
 use ota_server::config::Config;
 use ota_server::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageId, PackageSource, PackageType, ProfileId,
@@ -95,6 +101,12 @@ struct Args {
     /// Password of the REST admin user `tenant@thingsboard.org`.
     #[arg(long, default_value = "demo")]
     admin_password: String,
+    /// An MQTT broker to publish the retained Sming announce of 1.0.1 on (`HOST:PORT`).
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<String>,
+    /// The Sming application id of that announce.
+    #[arg(long, default_value = "demo", requires = "broker")]
+    sming_app: String,
     /// Size of the demo images (plaintext bytes) on a new data directory.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(32..=250_000))]
     image_len: u64,
@@ -361,6 +373,36 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The version the Sming announce carries.
+const SMING_VERSION: &str = "1.0.1";
+
+/// Publishes the retained Sming announce of [`SMING_VERSION`] on `broker`.
+async fn announce_sming(broker: &str, app: &str, image_len: usize) -> anyhow::Result<()> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .with_context(|| format!("--broker {broker:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--broker {broker:?}: port"))?;
+    let options = BrokerOptions::new(
+        host,
+        port,
+        format!("ota-demo-server-{}", std::process::id()),
+    );
+    let announcer = SmingAnnouncer::connect(options)
+        .await
+        .with_context(|| format!("connecting to the broker {broker}"))?;
+    let version = SmingVersion::parse(SMING_VERSION)?;
+    let image = image::build(SMING_VERSION, true, image_len);
+    let sent = announcer.announce(app, version, image.into()).await?;
+    announcer.close().await;
+    println!(
+        "setup: Sming announce of {SMING_VERSION} retained on {} at {broker} ({} payload bytes)",
+        sent.topic, sent.payload_len
+    );
+    Ok(())
+}
+
 async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let blobs = dir.join("blobs");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
@@ -379,6 +421,9 @@ async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let (rest, ota) = ota_server::server::build(&config).await?;
     let image_len = usize::try_from(args.image_len).context("--image-len")?;
     provision(&ota, &keys, image_len).await?;
+    if let Some(broker) = &args.broker {
+        announce_sming(broker, &args.sming_app, image_len).await?;
+    }
     let app = rest.merge(ota_http::router(ota.clone()));
     let tcp = tokio::net::TcpListener::bind(args.http)
         .await
