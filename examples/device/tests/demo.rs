@@ -566,3 +566,56 @@ fn the_server_keeps_its_keys_and_firmware_across_restarts() {
         "{text}"
     );
 }
+
+#[test]
+fn bad_mqtt_addresses_and_an_unreachable_mqtt_server_are_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = |mqtt: &str| {
+        Command::new(DEVICE)
+            .args(["--mqtt", mqtt, "--token", "demo-mqtt-1", "--keys"])
+            .arg(dir.path())
+            .arg("--flash")
+            .arg(dir.path().join("device.flash"))
+            .output()
+            .expect("running ota-demo-device")
+    };
+    for (bad, says) in [
+        ("localhost", "is not HOST:PORT"),
+        (":1884", "names no host"),
+        ("127.0.0.1:99999", "port \"99999\""),
+    ] {
+        let out = run(bad);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "clap's usage error: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+
+    // A server's keys, but nothing listens on the MQTT port.
+    let server = Server::start();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let out = device_to(
+        &server,
+        "--mqtt",
+        &closed.to_string(),
+        &dir.path().join("d.flash"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        err.contains("reading attributes over MQTT: no connection after"),
+        "{err}"
+    );
+}
+
+fn device_to(server: &Server, flag: &str, address: &str, flash: &Path) -> Output {
+    Command::new(DEVICE)
+        .args([flag, address, "--token", "demo-mqtt-1", "--flash"])
+        .arg(flash)
+        .arg("--keys")
+        .arg(server.keys())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running ota-demo-device")
+}
