@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job: builds the demo server and device, starts the server (SQLite + local blobs in a
-# temporary directory, HTTP and CoAP on loopback; it creates the product's keys and uploads signed,
-# encrypted firmware), then updates one device over HTTP and a second over CoAP from 1.0.0 to 1.1.0,
-# cuts a third device's power mid-download and runs it again (it resumes from its checkpoint), shows a fourth device
+# temporary directory, HTTP, CoAP and MQTT on loopback; it creates the product's keys and uploads
+# signed, encrypted firmware), then updates one device each over HTTP, CoAP and MQTT from 1.0.0 to
+# 1.1.0, cuts another device's power mid-download and runs it again (it resumes from its checkpoint), shows a fourth device
 # rolling back an image whose self-test fails and a fifth refusing a package signed by a key it
 # does not trust. Exits non-zero unless every device ends as expected and the server records it.
 set -euo pipefail
@@ -56,6 +56,7 @@ wait_for '^READY '
 ready="$(grep '^READY ' "$work/server.log")"
 http="$(sed -E 's/.* http=([^ ]+).*/\1/' <<<"$ready")"
 coap="$(sed -E 's/.* coap=([^ ]+).*/\1/' <<<"$ready")"
+mqtt="$(sed -E 's/.* mqtt=([^ ]+).*/\1/' <<<"$ready")"
 keys="$(sed -E 's/.* keys=([^ ]+).*/\1/' <<<"$ready")"
 
 # Runs one device; $1 = label (names its flash file), $2 = expected exit code, rest = device
@@ -76,6 +77,8 @@ run_device http 0 --http "http://$http" --token demo-http-1
 wait_for '^STATE token=demo-http-1 fw_state=UPDATED current=1\.1\.0'
 run_device coap 0 --coap "$coap" --token demo-coap-1
 wait_for '^STATE token=demo-coap-1 fw_state=UPDATED current=1\.1\.0'
+run_device mqtt 0 --mqtt "$mqtt" --token demo-mqtt-1
+wait_for '^STATE token=demo-mqtt-1 fw_state=UPDATED current=1\.1\.0'
 # Power cut at the 40th flash operation (a quarter into the download), then power on again: the
 # download resumes from the last checkpoint.
 run_device cut 4 --http "http://$http" --token demo-cut-1 --cut-at 40
@@ -93,7 +96,7 @@ server_pid=""
 total_ms=$(($(date +%s%N) / 1000000 - started_ms))
 
 status=0
-for label in http coap; do
+for label in http coap mqtt; do
     grep -q '^RESULT version=1\.1\.0 ' "$work/$label.out" || status=1
 done
 grep -q '^RESULT power_cut_at=40 ' "$work/cut.out" || status=1
@@ -102,12 +105,12 @@ grep -q '^RESULT version=1\.0\.0 .*rolled_back=1\.2\.0' "$work/fail.out" || stat
 grep -q '^RESULT version=1\.0\.0 .*rejected=1\.3\.0 error=SIGNATURE_INVALID' "$work/rogue.out" || status=1
 
 echo "== summary"
-for label in http coap cut fail rogue; do
+for label in http coap mqtt cut fail rogue; do
     grep '^RESULT ' "$work/$label.out" | sed "s/^/device $label: /" || echo "device $label: no result"
 done
 grep -E '^STATE token=[^ ]+ fw_state=(UPDATED|FAILED)' "$work/server.log" | sed 's/^/server: /'
 if ((status == 0)); then
-    echo "demo: OK, HTTP, CoAP and power-cut devices run 1.1.0 read from their booted slot (signed, encrypted, verified), the failing image was rolled back, the untrusted package refused, ${total_ms} ms"
+    echo "demo: OK, HTTP, CoAP, MQTT and power-cut devices run 1.1.0 read from their booted slot (signed, encrypted, verified), the failing image was rolled back, the untrusted package refused, ${total_ms} ms"
 else
     echo "demo: FAILED" >&2
 fi

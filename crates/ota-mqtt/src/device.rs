@@ -341,6 +341,9 @@ impl MqttDevice {
     fn link(&mut self) -> &mut Link {
         if self.link.is_none() {
             let (client, mut eventloop) = AsyncClient::new(self.options(), 64);
+            // Chunk requests are small writes right after the PUBACK of the previous answer:
+            // without TCP_NODELAY, Nagle holds each one for the server's delayed ACK.
+            eventloop.network_options.set_tcp_nodelay(true);
             let (tx, events) = mpsc::channel(64);
             let delay = self.link_options.reconnect_delay;
             let task = tokio::spawn(async move {

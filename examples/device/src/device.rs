@@ -12,12 +12,14 @@ use anyhow::{Context, anyhow, bail};
 use ota_coap::device::{ClientConfig, CoapClient, RunConfig, UpdateOutcome, run_update_with};
 use ota_core::UpdateError;
 use ota_core::boot::{BootConfig, BootController, BootDecision, ReportOutcome, Slot, SlotVersion};
+use ota_core::checkpoint::Checkpoint;
 use ota_core::updater::{self, Kind};
 use ota_core::version::Version;
 use ota_crypto::CryptoError;
 use ota_crypto::manifest::SemVer;
 use ota_crypto::reader::{DevicePolicy, SignedPackageReader};
 use ota_http::device::{DeviceError, HttpDevice, Outcome, OwnedOffer};
+use ota_mqtt::device::MqttDevice;
 use ota_testkit::flash::SimFlash;
 use serde_json::{Map, Value};
 
@@ -52,6 +54,13 @@ pub enum TransportConfig {
     Http(String),
     /// ThingsBoard's CoAP device API at this address.
     Coap(SocketAddr),
+    /// ThingsBoard's MQTT device API at this host and port.
+    Mqtt {
+        /// Host name or address of the MQTT endpoint.
+        host: String,
+        /// Its port.
+        port: u16,
+    },
 }
 
 /// Everything a run needs besides the chip.
@@ -124,11 +133,21 @@ pub fn provision(chip: &Chip) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the download goes, as the HTTP client sees it.
+/// The MQTT client and the runtime its connection task runs on. The runtime runs only
+/// while the device waits for the client, so after a power cut nothing the client queued
+/// (a `FAILED` for the write that the cut tore) leaves the device.
+#[derive(Debug)]
+struct Mqtt {
+    rt: tokio::runtime::Runtime,
+    dev: MqttDevice,
+}
+
+/// How the device talks to the server.
 #[derive(Debug)]
 enum Transport {
     Http(HttpDevice),
     Coap(CoapClient),
+    Mqtt(Box<Mqtt>),
 }
 
 impl Transport {
@@ -158,6 +177,20 @@ impl Transport {
                     ClientConfig::new(&settings.token),
                 )))
             }
+            TransportConfig::Mqtt { host, port } => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the MQTT client's runtime")?;
+                let mut config = updater::Config::new(CHUNK, SLOT_LEN as u64);
+                config.request_timeout_ms = 10_000;
+                config.checkpoint_interval = CHECKPOINT_INTERVAL;
+                // The updater's buffer takes a transport chunk plus a whole sealed chunk,
+                // which the reader releases at once when its tag verifies.
+                let dev = MqttDevice::new(host, *port, &settings.token, Kind::Firmware, config)
+                    .buffer_len(CHUNK as usize + MAX_SEALED_CHUNK);
+                Ok(Self::Mqtt(Box::new(Mqtt { rt, dev })))
+            }
         }
     }
 
@@ -165,6 +198,14 @@ impl Transport {
         match self {
             Self::Http(_) => "HTTP",
             Self::Coap(_) => "CoAP",
+            Self::Mqtt(_) => "MQTT",
+        }
+    }
+
+    /// Delivers what the client still queues and disconnects (MQTT; the others hold nothing).
+    fn close(&mut self) {
+        if let Self::Mqtt(m) = self {
+            m.rt.block_on(m.dev.close());
         }
     }
 
@@ -178,6 +219,10 @@ impl Transport {
                 Err(ota_coap::device::ClientError::Status { code: 0x84 }) => Ok(None),
                 Err(e) => Err(anyhow!("reading attributes over CoAP: {e}")),
             },
+            Self::Mqtt(m) => {
+                m.rt.block_on(m.dev.fetch_offer())
+                    .context("reading attributes over MQTT")
+            }
         }
     }
 
@@ -201,6 +246,10 @@ impl Transport {
                 }
                 c.telemetry(Value::Object(m).to_string().as_bytes())
                     .map_err(|e| anyhow!("sending telemetry over CoAP: {e}"))
+            }
+            Self::Mqtt(m) => {
+                m.rt.block_on(m.dev.report_boot(title, version, confirmed))
+                    .context("reporting over MQTT")
             }
         }
     }
@@ -261,25 +310,7 @@ impl Transport {
             None => SignedPackageReader::new(keys, payload, policy, &mut chunk_buf),
         };
         let reader = Verifier::new(inner, &rejected, &tap);
-        match (&stored, &resume) {
-            (Some(c), Some(_)) => log.step(
-                "RESUME",
-                format!(
-                    "checkpoint of {} {} at {} of {} package bytes: the {} bytes in the slot \
-                     are re-read and re-hashed, the header verified again, the download goes on",
-                    c.title, c.version, c.package_offset, c.package_size, c.written
-                ),
-            ),
-            (Some(c), None) => log.step(
-                "RESUME",
-                format!(
-                    "checkpoint of {} {} at {} of {} package bytes without a usable resume \
-                     point: the package is verified again from byte 0",
-                    c.title, c.version, c.package_offset, c.package_size
-                ),
-            ),
-            _ => {}
-        }
+        log_resume(log, stored.as_ref(), resume.is_some());
         let slot = UpdateSlot::new(chip, boot, version, offer.size, log)?;
         let refused = |error| Rejection {
             error,
@@ -316,7 +347,50 @@ impl Transport {
                     Err(e) => Ok(Some(refused(e))),
                 }
             }
+            Self::Mqtt(m) => {
+                let mut slot = slot;
+                let outcome = m.rt.block_on(m.dev.download_reader(
+                    offer,
+                    reader,
+                    &mut slot,
+                    &mut checkpoints,
+                ));
+                // A torn flash operation fails the update inside the client; it is a power
+                // cut, not a refusal.
+                if !chip.is_powered() {
+                    bail!("power cut during the download");
+                }
+                match outcome.context("downloading over MQTT")? {
+                    Outcome::Installed { .. } => Ok(None),
+                    Outcome::Failed(e) => Ok(Some(refused(e))),
+                    other => bail!("update did not install: {other:?}"),
+                }
+            }
         }
+    }
+}
+
+/// Says how a download starts again from a stored checkpoint (`usable`: with the reader's
+/// resume point).
+fn log_resume(log: &Log, stored: Option<&Checkpoint>, usable: bool) {
+    match (stored, usable) {
+        (Some(c), true) => log.step(
+            "RESUME",
+            format!(
+                "checkpoint of {} {} at {} of {} package bytes: the {} bytes in the slot \
+                 are re-read and re-hashed, the header verified again, the download goes on",
+                c.title, c.version, c.package_offset, c.package_size, c.written
+            ),
+        ),
+        (Some(c), false) => log.step(
+            "RESUME",
+            format!(
+                "checkpoint of {} {} at {} of {} package bytes without a usable resume \
+                 point: the package is verified again from byte 0",
+                c.title, c.version, c.package_offset, c.package_size
+            ),
+        ),
+        _ => {}
     }
 }
 
@@ -327,16 +401,16 @@ fn unix_now() -> u64 {
 }
 
 /// What one power-on left running.
-struct PowerOn {
-    boot: BootController<SimFlash>,
-    slot: Slot,
-    running: Header,
+pub(crate) struct PowerOn {
+    pub(crate) boot: BootController<SimFlash>,
+    pub(crate) slot: Slot,
+    pub(crate) running: Header,
 }
 
 /// Powers the device on: lets the boot state pick the slot, reads the version from that slot
 /// and, for a trial, runs the image's self-test and confirms it or rejects it (`None`: the
 /// trial was rejected, power-cycle again). `on_boot` sees every slot that starts.
-fn power_on(
+pub(crate) fn power_on(
     chip: &Chip,
     cycle: u32,
     log: &Log,
@@ -431,6 +505,11 @@ pub fn run(
     on_boot: &mut dyn FnMut(&Chip, Slot, &Header),
 ) -> anyhow::Result<End> {
     let result = cycles(settings, chip, log, on_boot);
+    finish(chip, log, result)
+}
+
+/// The end of a run: `result` while the chip has power, otherwise the power cut.
+pub(crate) fn finish(chip: &Chip, log: &Log, result: anyhow::Result<End>) -> anyhow::Result<End> {
     if chip.is_powered() {
         return result;
     }
@@ -455,6 +534,21 @@ fn cycles(
     on_boot: &mut dyn FnMut(&Chip, Slot, &Header),
 ) -> anyhow::Result<End> {
     let mut transport = Transport::connect(settings)?;
+    let end = cycles_over(settings, &mut transport, chip, log, on_boot);
+    // A device whose power was cut sends nothing more.
+    if chip.is_powered() {
+        transport.close();
+    }
+    end
+}
+
+fn cycles_over(
+    settings: &Settings,
+    transport: &mut Transport,
+    chip: &Chip,
+    log: &Log,
+    on_boot: &mut dyn FnMut(&Chip, Slot, &Header),
+) -> anyhow::Result<End> {
     let mut rolled_back: Option<String> = None;
     for cycle in 1..=MAX_POWER_CYCLES {
         let Some(PowerOn {
@@ -468,8 +562,7 @@ fn cycles(
         };
         let offer = transport.offer()?;
         let title = offer.as_ref().map_or(DEFAULT_TITLE, |o| o.title.as_str());
-        if let Some(failed) = report_owed(&mut boot, &mut transport, title, &running.version, log)?
-        {
+        if let Some(failed) = report_owed(&mut boot, transport, title, &running.version, log)? {
             rolled_back = Some(failed);
         }
         let Some(offer) = offer else {

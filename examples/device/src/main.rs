@@ -1,10 +1,18 @@
 //! `ota-demo-device`: a device on a file-backed simulated NOR flash that runs firmware 1.0.0
-//! from slot A and updates from the demo server over ThingsBoard's HTTP or CoAP device API.
+//! from slot A and updates from the demo server over ThingsBoard's HTTP, CoAP or MQTT device
+//! API.
 //!
 //! ```text
 //! ota-demo-device --http http://127.0.0.1:8080 --token demo-http-1 --keys DIR [--flash dev.flash]
 //! ota-demo-device --coap 127.0.0.1:5683       --token demo-coap-1 --keys DIR [--flash dev.flash]
+//! ota-demo-device --mqtt 127.0.0.1:1884       --token demo-mqtt-1 --keys DIR [--flash dev.flash]
+//! ota-demo-device --sming demo --broker 127.0.0.1:18830 [--flash dev.flash]
 //! ```
+//!
+//! `--sming APP` makes it a Sming `OtaUpgradeMqtt` device instead: it subscribes to
+//! `a/APP/u/{major}.{minor}` of the version it runs on the broker and installs the retained
+//! announce when its patch is higher (see `ota_demo_device::sming`; the simple Sming format is
+//! neither signed nor encrypted, so no keys are used and nothing is reported).
 //!
 //! Packages are signed and encrypted (`ota-crypto`): the device pins the root public key,
 //! accepts the key set only if that root signed it, and writes to the inactive slot only
@@ -29,6 +37,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -37,10 +46,14 @@ use ota_demo_device::device::{
 };
 use ota_demo_device::flash::{CAPACITY, Chip};
 use ota_demo_device::log::Log;
+use ota_demo_device::sming::{self, SmingSettings};
 use ota_demo_device::trust::{Trust, TrustFiles};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "A simulated A/B device updating over HTTP or CoAP")]
+#[command(
+    version,
+    about = "A simulated A/B device updating over HTTP, CoAP or MQTT"
+)]
 struct Args {
     // Transports: exactly one. A new transport adds its flag here (and to the group) and a
     // `TransportConfig` variant.
@@ -50,8 +63,20 @@ struct Args {
     /// Address of the CoAP device API (`127.0.0.1:5683`).
     #[arg(long, group = "transport")]
     coap: Option<SocketAddr>,
+    /// Host and port of the MQTT device API (`127.0.0.1:1884`).
+    #[arg(long, group = "transport", value_name = "HOST:PORT", value_parser = host_port)]
+    mqtt: Option<(String, u16)>,
+    /// Be a Sming device of this application id, taking retained announces from `--broker`.
+    #[arg(long, group = "transport", value_name = "APP", requires = "broker")]
+    sming: Option<String>,
+    /// The MQTT broker of `--sming`.
+    #[arg(long, value_name = "HOST:PORT", value_parser = host_port, requires = "sming")]
+    broker: Option<(String, u16)>,
+    /// How long `--sming` waits for the retained announce, seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    announce_wait: u64,
     /// The device's access token.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "sming", default_value = "")]
     token: String,
     /// Directory holding `root.pub`, `keyset.bin` and `payload.key`.
     #[arg(long)]
@@ -79,12 +104,31 @@ struct Args {
     cut_at: Option<u64>,
 }
 
+/// Parses `host:port` (`[::1]:1884` for an IPv6 address).
+fn host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let port = port
+        .parse()
+        .map_err(|e| format!("port {port:?} of {text:?}: {e}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{text:?} names no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 impl Args {
     fn transport(&self) -> anyhow::Result<TransportConfig> {
-        match (&self.http, self.coap) {
-            (Some(url), None) => Ok(TransportConfig::Http(url.clone())),
-            (None, Some(addr)) => Ok(TransportConfig::Coap(addr)),
-            _ => bail!("one of --http or --coap is required"),
+        match (&self.http, self.coap, &self.mqtt) {
+            (Some(url), None, None) => Ok(TransportConfig::Http(url.clone())),
+            (None, Some(addr), None) => Ok(TransportConfig::Coap(addr)),
+            (None, None, Some((host, port))) => Ok(TransportConfig::Mqtt {
+                host: host.clone(),
+                port: *port,
+            }),
+            _ => bail!("one of --http, --coap or --mqtt is required"),
         }
     }
 
@@ -115,25 +159,12 @@ impl Args {
     }
 }
 
-fn run(args: &Args, log: &Log) -> anyhow::Result<End> {
-    let settings = Settings {
-        transport: args.transport()?,
-        token: args.token.clone(),
-        target: args.target.clone(),
-        trust: Trust::load(&args.trust_files()?)?,
-    };
-    log.step(
-        "TRUST",
-        format!(
-            "root key {} pinned; key set v{} with {} signing key(s)",
-            settings.trust.root.key_id(),
-            settings.trust.keys.version(),
-            settings.trust.keys.keys().len()
-        ),
-    );
-    let path = args.flash.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("ota-demo-device-{}.flash", args.token))
-    });
+/// Opens (and provisions, when new) the flash file and arms the power cut.
+fn chip(args: &Args, name: &str, log: &Log) -> anyhow::Result<Chip> {
+    let path = args
+        .flash
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("ota-demo-device-{name}.flash")));
     if args.fresh && path.exists() {
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
@@ -154,6 +185,36 @@ fn run(args: &Args, log: &Log) -> anyhow::Result<End> {
         chip.cut_at(n);
         log.step("CUT-AT", format!("the power goes at flash operation #{n}"));
     }
+    Ok(chip)
+}
+
+fn run(args: &Args, log: &Log) -> anyhow::Result<End> {
+    if let (Some(app), Some((host, port))) = (&args.sming, &args.broker) {
+        let settings = SmingSettings {
+            host: host.clone(),
+            port: *port,
+            app: app.clone(),
+            wait: Duration::from_secs(args.announce_wait),
+        };
+        let chip = chip(args, &format!("sming-{app}"), log)?;
+        return sming::run(&settings, &chip, log, &mut |_, _, _| {});
+    }
+    let settings = Settings {
+        transport: args.transport()?,
+        token: args.token.clone(),
+        target: args.target.clone(),
+        trust: Trust::load(&args.trust_files()?)?,
+    };
+    log.step(
+        "TRUST",
+        format!(
+            "root key {} pinned; key set v{} with {} signing key(s)",
+            settings.trust.root.key_id(),
+            settings.trust.keys.version(),
+            settings.trust.keys.keys().len()
+        ),
+    );
+    let chip = chip(args, &args.token, log)?;
     device::run(&settings, &chip, log, &mut |_, _, _| {})
 }
 

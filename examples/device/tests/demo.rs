@@ -43,6 +43,7 @@ struct Server {
     lines: Receiver<String>,
     http: String,
     coap: String,
+    mqtt: String,
     /// The server's lines up to `READY`.
     setup: Vec<String>,
     data: PathBuf,
@@ -82,6 +83,7 @@ impl Server {
             lines,
             http: String::new(),
             coap: String::new(),
+            mqtt: String::new(),
             setup: Vec::new(),
             data: data.to_path_buf(),
             owned: None,
@@ -101,6 +103,7 @@ impl Server {
         };
         server.http = format!("http://{}", field("http="));
         server.coap = field("coap=");
+        server.mqtt = field("mqtt=");
         server
     }
 
@@ -147,6 +150,7 @@ impl Server {
     fn transport(&self, transport: &str) -> [String; 2] {
         match transport {
             "http" => ["--http".into(), self.http.clone()],
+            "mqtt" => ["--mqtt".into(), self.mqtt.clone()],
             _ => ["--coap".into(), self.coap.clone()],
         }
     }
@@ -250,6 +254,11 @@ fn coap_device_updates_from_the_demo_server() {
     updates_to_1_1_0("coap");
 }
 
+#[test]
+fn mqtt_device_updates_from_the_demo_server() {
+    updates_to_1_1_0("mqtt");
+}
+
 fn failing_self_test_rolls_back_and_reports_failed(transport: &str) {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("flash dir");
@@ -296,6 +305,11 @@ fn failing_self_test_rolls_back_and_reports_failed_over_coap() {
 #[test]
 fn failing_self_test_rolls_back_and_reports_failed_over_http() {
     failing_self_test_rolls_back_and_reports_failed("http");
+}
+
+#[test]
+fn failing_self_test_rolls_back_and_reports_failed_over_mqtt() {
+    failing_self_test_rolls_back_and_reports_failed("mqtt");
 }
 
 /// Runs `token` against `server` twice: the package is refused with `error` (and `reason` in
@@ -448,12 +462,17 @@ fn a_device_pinning_another_root_refuses_the_key_set() {
     );
 }
 
-#[test]
-fn a_power_cut_mid_download_resumes_on_the_next_run() {
+fn a_power_cut_mid_download_resumes_on_the_next_run(transport: &str) {
     let server = Server::start();
     let dir = tempfile::tempdir().expect("flash dir");
     let flash = dir.path().join("device.flash");
-    let out = device(&server, "http", "demo-cut-1", &flash, &["--cut-at", "20"]);
+    let out = device(
+        &server,
+        transport,
+        "demo-cut-1",
+        &flash,
+        &["--cut-at", "20"],
+    );
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(4), "device output:\n{text}");
     assert!(text.contains("DOWNLOADING"), "{text}");
@@ -461,7 +480,7 @@ fn a_power_cut_mid_download_resumes_on_the_next_run() {
         result_line(&text).starts_with("RESULT power_cut_at=20 during=DOWNLOADING "),
         "{text}"
     );
-    let again = device(&server, "http", "demo-cut-1", &flash, &[]);
+    let again = device(&server, transport, "demo-cut-1", &flash, &[]);
     let text = stdout(&again);
     assert_eq!(again.status.code(), Some(0), "device output:\n{text}");
     assert!(
@@ -483,6 +502,16 @@ fn a_power_cut_mid_download_resumes_on_the_next_run() {
         server.final_state("demo-cut-1"),
         "STATE token=demo-cut-1 fw_state=UPDATED current=1.1.0 target=1.1.0"
     );
+}
+
+#[test]
+fn a_power_cut_mid_download_resumes_on_the_next_run_over_http() {
+    a_power_cut_mid_download_resumes_on_the_next_run("http");
+}
+
+#[test]
+fn a_power_cut_mid_download_resumes_on_the_next_run_over_mqtt() {
+    a_power_cut_mid_download_resumes_on_the_next_run("mqtt");
 }
 
 #[test]
@@ -536,4 +565,57 @@ fn the_server_keeps_its_keys_and_firmware_across_restarts() {
         result_line(&text).starts_with("RESULT version=1.1.0 slot=B "),
         "{text}"
     );
+}
+
+#[test]
+fn bad_mqtt_addresses_and_an_unreachable_mqtt_server_are_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    let run = |mqtt: &str| {
+        Command::new(DEVICE)
+            .args(["--mqtt", mqtt, "--token", "demo-mqtt-1", "--keys"])
+            .arg(dir.path())
+            .arg("--flash")
+            .arg(dir.path().join("device.flash"))
+            .output()
+            .expect("running ota-demo-device")
+    };
+    for (bad, says) in [
+        ("localhost", "is not HOST:PORT"),
+        (":1884", "names no host"),
+        ("127.0.0.1:99999", "port \"99999\""),
+    ] {
+        let out = run(bad);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "clap's usage error: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+
+    // A server's keys, but nothing listens on the MQTT port.
+    let server = Server::start();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let out = device_to(
+        &server,
+        "--mqtt",
+        &closed.to_string(),
+        &dir.path().join("d.flash"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        err.contains("reading attributes over MQTT: no connection after"),
+        "{err}"
+    );
+}
+
+fn device_to(server: &Server, flag: &str, address: &str, flash: &Path) -> Output {
+    Command::new(DEVICE)
+        .args([flag, address, "--token", "demo-mqtt-1", "--flash"])
+        .arg(flash)
+        .arg("--keys")
+        .arg(server.keys())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running ota-demo-device")
 }

@@ -2,8 +2,9 @@
 //!
 //! A fleet of simulated devices on mixed transports updating from one server that the
 //! example starts in its own process on loopback: `ota-server`'s service on SQLite and a
-//! local blob directory, ThingsBoard's HTTP device API ([`ota_http::router`]) and CoAP
-//! device API ([`ota_coap::server::serve`]).
+//! local blob directory, ThingsBoard's HTTP device API ([`ota_http::router`]), CoAP device
+//! API ([`ota_coap::server::serve`]) and MQTT device API ([`ota_mqtt::serve`]); devices are
+//! spread round-robin over the three.
 //!
 //! Every device is a thread running a transport's device client over an in-memory A/B
 //! flash with `ota_core::boot`'s power-safe state ([`device`]). Healthy devices update from
@@ -12,8 +13,8 @@
 //! `FAILED`. While they run, a [`view`] shows per-state counts from the server's recorded
 //! update states and bytes and throughput from the devices; [`run`] returns a [`Summary`].
 //!
-//! The transports sit behind [`transport::DeviceLink`]; see [`transport`] for where MQTT
-//! goes once its device client exists.
+//! The transports sit behind [`transport::DeviceLink`]; see [`transport`] for what adding
+//! one takes.
 
 pub mod device;
 /// `docs/porting.md`, whose code blocks run as this crate's doc tests.
@@ -357,13 +358,14 @@ pub fn run<W: Write>(options: &Options, out: W) -> Result<Summary, FleetError> {
         .collect();
     writeln!(
         view.out(),
-        "fleet: {} devices ({}), {} assigned {BAD_VERSION} whose self-test fails, the rest {GOOD_VERSION}; {} KiB images; server http={} coap={}",
+        "fleet: {} devices ({}), {} assigned {BAD_VERSION} whose self-test fails, the rest {GOOD_VERSION}; {} KiB images; server http={} coap={} mqtt={}",
         options.devices,
         per_transport.join(", "),
         options.failing,
         options.image_len / 1024,
         server.endpoints.http,
-        server.endpoints.coap
+        server.endpoints.coap,
+        server.endpoints.mqtt
     )?;
     let started = Instant::now();
     let running = fleet

@@ -1,6 +1,6 @@
 //! The fleet's server, in process: the OTA service on its embedded default (SQLite file and
-//! local blob directory in a temporary directory) behind ThingsBoard's HTTP and CoAP device
-//! APIs on loopback, provisioned with the fleet's devices and firmware.
+//! local blob directory in a temporary directory) behind ThingsBoard's HTTP, CoAP and MQTT
+//! device APIs on loopback, provisioned with the fleet's devices and firmware.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use ota_server::blob::{BlobError, BlobStore};
 use ota_server::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageId, PackageSource, PackageType, ProfileId,
 };
-use ota_server::service::{Ota, ServiceConfig, ServiceError, UploadMeta, now_ms};
+use ota_server::service::{DeviceApi, Ota, ServiceConfig, ServiceError, UploadMeta, now_ms};
 use ota_server::store::{SqlStore, StoreError};
 use tokio::task::JoinHandle;
 
@@ -136,7 +136,7 @@ async fn create_package(
 
 /// Starts the service in a new temporary directory, provisions `fleet` (profile default
 /// [`GOOD_VERSION`], failing members assigned [`BAD_VERSION`], images of `image_len` bytes)
-/// and serves HTTP and CoAP on `127.0.0.1`, ephemeral ports.
+/// and serves HTTP, CoAP and MQTT on `127.0.0.1`, ephemeral ports.
 pub async fn start(fleet: &[Member], image_len: usize) -> Result<FleetServer, ServerError> {
     let dir = tempfile::Builder::new().prefix("ota-fleet-").tempdir()?;
     let blobs = dir.path().join("blobs");
@@ -173,9 +173,11 @@ pub async fn start(fleet: &[Member], image_len: usize) -> Result<FleetServer, Se
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let tcp = tokio::net::TcpListener::bind(loopback).await?;
     let udp = tokio::net::UdpSocket::bind(loopback).await?;
+    let mqtt_listener = tokio::net::TcpListener::bind(loopback).await?;
     let endpoints = Endpoints {
         http: tcp.local_addr()?,
         coap: udp.local_addr()?,
+        mqtt: mqtt_listener.local_addr()?,
     };
     let app = ota_http::router(ota.clone());
     let http = tokio::spawn(async move {
@@ -191,10 +193,16 @@ pub async fn start(fleet: &[Member], image_len: usize) -> Result<FleetServer, Se
             }
         }
     });
+    let api: Arc<dyn DeviceApi> = ota.clone();
+    let mqtt = tokio::spawn(ota_mqtt::serve(
+        mqtt_listener,
+        api,
+        ota_mqtt::MqttConfig::default(),
+    ));
     Ok(FleetServer {
         ota,
         endpoints,
-        tasks: vec![http, coap],
+        tasks: vec![http, coap, mqtt],
         _dir: dir,
     })
 }
@@ -209,8 +217,9 @@ mod tests {
         let fleet = members(50, 5);
         assert_eq!(fleet.len(), 50);
         assert_eq!(fleet.iter().filter(|m| m.failing).count(), 5);
-        for t in TransportKind::ALL {
-            assert_eq!(fleet.iter().filter(|m| m.transport == t).count(), 25);
+        // 50 over HTTP, CoAP, MQTT round-robin: 17, 17, 16.
+        for (t, n) in TransportKind::ALL.into_iter().zip([17, 17, 16]) {
+            assert_eq!(fleet.iter().filter(|m| m.transport == t).count(), n, "{t}");
             assert!(fleet.iter().any(|m| m.failing && m.transport == t), "{t}");
         }
         let mut tokens: Vec<_> = fleet.iter().map(|m| m.token.as_str()).collect();

@@ -1,14 +1,15 @@
 //! The transports a fleet device can speak, behind one small trait.
 //!
 //! Each transport wraps that transport's device client from its crate, used through its
-//! public API only: [`ota_http::device::HttpDevice`] and [`ota_coap::device::CoapClient`]
-//! with [`ota_coap::device::run_update`]. The power-cycle loop in [`crate::device`] sees
-//! only [`DeviceLink`].
+//! public API only: [`ota_http::device::HttpDevice`], [`ota_coap::device::CoapClient`]
+//! with [`ota_coap::device::run_update`], and [`ota_mqtt::device::MqttDevice`] (async, on a
+//! single-threaded runtime of the device's own thread). The power-cycle loop in
+//! [`crate::device`] sees only [`DeviceLink`].
 //!
-//! Adding a transport (MQTT, once `ota-mqtt` has a device client) takes: a variant of
-//! [`TransportKind`] (and its place in [`TransportKind::ALL`] so devices are spread over
-//! it), the server's listener for it in [`crate::server`] and its address in [`Endpoints`],
-//! and one [`DeviceLink`] implementation created in [`connect`].
+//! Adding a transport takes: a variant of [`TransportKind`] (and its place in
+//! [`TransportKind::ALL`] so devices are spread over it), the server's listener for it in
+//! [`crate::server`] and its address in [`Endpoints`], and one [`DeviceLink`]
+//! implementation created in [`connect`].
 
 use std::fmt;
 use std::io;
@@ -22,6 +23,7 @@ use ota_core::UpdateError;
 use ota_core::frame::thingsboard::JsonError;
 use ota_core::updater::{self, Kind};
 use ota_http::device::{DeviceError, HttpDevice, Outcome, OwnedOffer};
+use ota_mqtt::device::MqttDevice;
 use serde_json::{Map, Value};
 
 use crate::flash::{CHUNK, UpdateTarget};
@@ -33,25 +35,29 @@ pub enum TransportKind {
     Http,
     /// ThingsBoard's CoAP device API (Block2 downloads).
     Coap,
+    /// ThingsBoard's MQTT device API (`v2/fw/request/{id}/chunk/{n}`).
+    Mqtt,
 }
 
 impl TransportKind {
     /// Every transport the fleet spreads its devices over, in order.
-    pub const ALL: [Self; 2] = [Self::Http, Self::Coap];
+    pub const ALL: [Self; 3] = [Self::Http, Self::Coap, Self::Mqtt];
 
-    /// Display name (`HTTP`, `CoAP`).
+    /// Display name (`HTTP`, `CoAP`, `MQTT`).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Http => "HTTP",
             Self::Coap => "CoAP",
+            Self::Mqtt => "MQTT",
         }
     }
 
-    /// Lower-case name used in access tokens (`http`, `coap`).
+    /// Lower-case name used in access tokens (`http`, `coap`, `mqtt`).
     pub const fn slug(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Coap => "coap",
+            Self::Mqtt => "mqtt",
         }
     }
 }
@@ -64,7 +70,7 @@ impl fmt::Display for TransportKind {
 
 /// A transport name that is not one of [`TransportKind::ALL`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown transport {0:?} (known: http, coap)")]
+#[error("unknown transport {0:?} (known: http, coap, mqtt)")]
 pub struct UnknownTransport(pub String);
 
 impl FromStr for TransportKind {
@@ -84,6 +90,8 @@ pub struct Endpoints {
     pub http: SocketAddr,
     /// CoAP device API.
     pub coap: SocketAddr,
+    /// MQTT device API.
+    pub mqtt: SocketAddr,
 }
 
 /// Why a device's exchange with the server failed.
@@ -96,6 +104,9 @@ pub enum LinkError {
     /// A CoAP exchange failed.
     #[error("CoAP: {0}")]
     Coap(#[from] ClientError),
+    /// The MQTT client failed.
+    #[error("MQTT: {0}")]
+    Mqtt(#[from] ota_mqtt::device::DeviceError),
     /// The shared attributes are not ThingsBoard JSON.
     #[error("attributes: {0}")]
     Attributes(#[from] JsonError),
@@ -160,6 +171,17 @@ pub fn connect(
                 client: CoapClient::new(socket, endpoints.coap, config),
                 slot_len,
             }))
+        }
+        TransportKind::Mqtt => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut config = updater::Config::new(CHUNK, slot_len);
+            config.request_timeout_ms = 10_000;
+            let host = endpoints.mqtt.ip().to_string();
+            let client =
+                MqttDevice::new(&host, endpoints.mqtt.port(), token, Kind::Firmware, config);
+            Ok(Box::new(MqttLink { rt, client }))
         }
     }
 }
@@ -278,6 +300,65 @@ impl DeviceLink for CoapLink {
     }
 }
 
+/// A device on ThingsBoard's MQTT device API. The client is async: its connection task runs
+/// on this device's own single-threaded runtime while the device waits for it.
+struct MqttLink {
+    rt: tokio::runtime::Runtime,
+    client: MqttDevice,
+}
+
+impl DeviceLink for MqttLink {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Mqtt
+    }
+
+    fn report_running(&mut self, title: &str, version: &str) -> Result<(), LinkError> {
+        // Queued; the connection sends it while the device waits for its attributes.
+        let _runtime = self.rt.enter();
+        self.client.send_telemetry(&running(title, version));
+        Ok(())
+    }
+
+    fn offer(&mut self) -> Result<Option<OwnedOffer>, LinkError> {
+        Ok(self.rt.block_on(self.client.fetch_offer())?)
+    }
+
+    fn download(
+        &mut self,
+        offer: &OwnedOffer,
+        mut target: UpdateTarget<'_>,
+    ) -> Result<(), LinkError> {
+        let outcome = self.rt.block_on(self.client.download(
+            offer,
+            &mut target.slot,
+            &mut target.checkpoints,
+        ))?;
+        match outcome {
+            Outcome::Installed { .. } => Ok(()),
+            Outcome::Failed(e) => Err(LinkError::Update(e)),
+            other => Err(LinkError::NotInstalled(format!("{other:?}"))),
+        }
+    }
+
+    fn report_boot(
+        &mut self,
+        title: &str,
+        version: &str,
+        confirmed: bool,
+    ) -> Result<(), LinkError> {
+        Ok(self
+            .rt
+            .block_on(self.client.report_boot(title, version, confirmed))?)
+    }
+}
+
+impl Drop for MqttLink {
+    /// Delivers the queued reports (the last one is the device's outcome) and disconnects.
+    fn drop(&mut self) {
+        self.rt.block_on(self.client.close());
+    }
+}
+
 /// `current_fw_title` / `current_fw_version` telemetry.
 fn running(title: &str, version: &str) -> Map<String, Value> {
     let mut m = Map::new();
@@ -297,8 +378,8 @@ mod tests {
             assert_eq!(t.name().parse::<TransportKind>(), Ok(t));
         }
         assert_eq!(
-            "mqtt".parse::<TransportKind>(),
-            Err(UnknownTransport("mqtt".into()))
+            "lwm2m".parse::<TransportKind>(),
+            Err(UnknownTransport("lwm2m".into()))
         );
     }
 }

@@ -27,9 +27,11 @@ fn options(devices: usize, failing: usize, view: ViewMode) -> Options {
 #[test]
 fn healthy_devices_update_and_failing_ones_roll_back() {
     let mut out = Vec::new();
-    let summary = run(&options(8, 3, ViewMode::Lines), &mut out).expect("fleet run");
+    // Nine devices round-robin over HTTP, CoAP and MQTT; the last three (one per transport)
+    // are assigned the failing image.
+    let summary = run(&options(9, 3, ViewMode::Lines), &mut out).expect("fleet run");
     let text = String::from_utf8(out).expect("UTF-8 output");
-    assert_eq!(summary.devices.len(), 8);
+    assert_eq!(summary.devices.len(), 9);
     for d in &summary.devices {
         if d.failing {
             assert_eq!(d.state, Some(UpdateState::Failed), "{d:?}");
@@ -52,13 +54,13 @@ fn healthy_devices_update_and_failing_ones_roll_back() {
     assert!(summary.unexpected().is_empty());
     assert_eq!(
         summary.by_state(),
-        BTreeMap::from([("FAILED", 3), ("UPDATED", 5)])
+        BTreeMap::from([("FAILED", 3), ("UPDATED", 6)])
     );
     assert_eq!(
         summary.by_version(),
         BTreeMap::from([
             (FACTORY_VERSION.to_owned(), 3),
-            (GOOD_VERSION.to_owned(), 5)
+            (GOOD_VERSION.to_owned(), 6)
         ])
     );
     let transports = summary.by_transport();
@@ -67,22 +69,26 @@ fn healthy_devices_update_and_failing_ones_roll_back() {
         TransportKind::ALL.to_vec()
     );
     for t in TransportKind::ALL {
-        assert_eq!(transports[&t].values().sum::<usize>(), 4, "{t}");
-        assert!(transports[&t].contains_key("FAILED"), "{t}");
-        assert!(transports[&t].contains_key("UPDATED"), "{t}");
+        assert_eq!(
+            transports[&t],
+            BTreeMap::from([("FAILED", 1), ("UPDATED", 2)]),
+            "{t}"
+        );
+        let line = format!("SUMMARY transport={t} FAILED=1 UPDATED=2");
+        assert!(text.contains(&line), "{line:?} not in {text}");
     }
     // Every device downloaded one whole image.
-    assert_eq!(summary.bytes, 8 * 50_000);
+    assert_eq!(summary.bytes, 9 * 50_000);
     assert!(summary.elapsed > Duration::ZERO);
     assert!(summary.mib_per_s() > 0.0);
     // What was printed: the progress lines end with every device done, then the summary.
-    assert!(text.contains("done 8/8"), "{text}");
-    assert!(text.contains("UPDATED=5 FAILED=3 waiting=0"), "{text}");
+    assert!(text.contains("done 9/9"), "{text}");
+    assert!(text.contains("UPDATED=6 FAILED=3 waiting=0"), "{text}");
     for line in summary.lines() {
         assert!(text.contains(&line), "{line:?} not in {text}");
     }
-    assert!(text.contains("SUMMARY state FAILED=3 UPDATED=5"), "{text}");
-    assert!(text.contains("SUMMARY as_expected=8/8"), "{text}");
+    assert!(text.contains("SUMMARY state FAILED=3 UPDATED=6"), "{text}");
+    assert!(text.contains("SUMMARY as_expected=9/9"), "{text}");
 }
 
 #[test]
@@ -122,7 +128,7 @@ fn the_binary_prints_plain_lines_and_the_summary_when_piped() {
     // Not a terminal: no cursor movement, one line per refresh.
     assert!(!stdout.contains('\x1b'), "{stdout}");
     assert!(
-        stdout.starts_with("fleet: 4 devices (2 HTTP, 2 CoAP), 1 assigned"),
+        stdout.starts_with("fleet: 4 devices (2 HTTP, 1 CoAP, 1 MQTT), 1 assigned"),
         "{stdout}"
     );
     assert!(stdout.contains("SUMMARY devices=4 "), "{stdout}");
@@ -190,6 +196,16 @@ fn devices_stop_with_typed_errors_on_unknown_tokens_and_missing_servers() {
             DeviceError::Link(LinkError::Coap(ota_coap::device::ClientError::Status {
                 code: 0x81
             }))
+        ),
+        "{err}"
+    );
+    let err = run(&server.endpoints, TransportKind::Mqtt, "nobody").expect_err("CONNACK refused");
+    assert!(
+        matches!(
+            err,
+            DeviceError::Link(LinkError::Mqtt(
+                ota_mqtt::device::DeviceError::Refused { .. }
+            ))
         ),
         "{err}"
     );

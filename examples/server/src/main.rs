@@ -1,18 +1,22 @@
 //! `ota-demo-server`: the OTA service on its embedded default (an SQLite file and a local blob
 //! directory in `--data-dir`) serving ThingsBoard's HTTP device API (plus the REST
-//! management API) and its CoAP device API on loopback, with demo firmware signed,
+//! management API), its CoAP and its MQTT device API on loopback, with demo firmware signed,
 //! encrypted, uploaded and assigned.
 //!
 //! On a new data directory it creates the product's keys (kept in the directory; see
 //! below), the profile `demo` whose default firmware is `ota-demo` 1.1.0 (self-test passes),
-//! the devices `demo-http-1`, `demo-coap-1` and `demo-cut-1` on the profile default,
+//! the devices `demo-http-1`, `demo-coap-1`, `demo-mqtt-1` and `demo-cut-1` on the profile default,
 //! `demo-fail-1` assigned `ota-demo` 1.2.0 whose self-test fails, and `demo-rogue-1`
 //! assigned `ota-demo` 1.3.0 signed by a key the devices do not trust. Then it prints one
-//! machine-readable line once both listeners are bound:
+//! machine-readable line once the listeners are bound:
 //!
 //! ```text
-//! READY http=127.0.0.1:40123 coap=127.0.0.1:51234 token=demo-http-1 tokens=demo-http-1,… keys=/tmp/…/device-keys data=/tmp/…
+//! READY http=127.0.0.1:40123 coap=127.0.0.1:51234 mqtt=127.0.0.1:40124 token=demo-http-1 tokens=demo-http-1,… keys=/tmp/…/device-keys data=/tmp/…
 //! ```
+//!
+//! With `--broker HOST:PORT` it also publishes a Sming announce there before `READY`: the
+//! demo image `1.0.1` (self-test passes, not signed: Sming's simple format has no signature),
+//! retained on `a/demo/u/1.0` (`--sming-app` changes `demo`), for `ota-demo-device --sming`.
 //!
 //! Then a line per change of a device's recorded update state
 //! (`STATE token=demo-http-1 fw_state=UPDATED current=1.1.0 target=1.1.0`), until SIGINT or
@@ -50,11 +54,13 @@ use ota_crypto::writer::{PackageSpec, PackageWriter, Sealing};
 use ota_demo_device::device::DEFAULT_TARGET;
 use ota_demo_device::image;
 use ota_demo_device::trust::{KEY_SET_FILE, PAYLOAD_FILE, ROOT_FILE};
+use ota_mqtt::broker::BrokerOptions;
+use ota_mqtt::sming::{SmingAnnouncer, SmingVersion};
 use ota_server::config::Config;
 use ota_server::model::{
     Device, DeviceId, DeviceProfile, OtaPackage, PackageId, PackageSource, PackageType, ProfileId,
 };
-use ota_server::service::{Ota, UploadMeta, now_ms};
+use ota_server::service::{DeviceApi, Ota, UploadMeta, now_ms};
 
 /// Name of the demo device profile.
 const PROFILE: &str = "demo";
@@ -67,7 +73,7 @@ const BAD_VERSION: &str = "1.2.0";
 /// The version `demo-rogue-1` is offered (signed by a key the devices do not trust).
 const ROGUE_VERSION: &str = "1.3.0";
 /// Devices on the profile default.
-const TOKENS: [&str; 3] = ["demo-http-1", "demo-coap-1", "demo-cut-1"];
+const TOKENS: [&str; 4] = ["demo-http-1", "demo-coap-1", "demo-mqtt-1", "demo-cut-1"];
 /// The device assigned the failing image.
 const FAIL_TOKEN: &str = "demo-fail-1";
 /// The device assigned the package signed by an untrusted key.
@@ -76,7 +82,7 @@ const ROGUE_TOKEN: &str = "demo-rogue-1";
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "The OTA demo server (HTTP + CoAP device APIs on loopback)"
+    about = "The OTA demo server (HTTP, CoAP and MQTT device APIs on loopback)"
 )]
 struct Args {
     /// Where the SQLite file and blob directory live (a new temporary directory if unset).
@@ -88,9 +94,19 @@ struct Args {
     /// CoAP (UDP) listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     coap: SocketAddr,
+    /// MQTT listen address (ThingsBoard's MQTT device API; a free port by default, never the
+    /// broker port 1883 unless asked).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    mqtt: SocketAddr,
     /// Password of the REST admin user `tenant@thingsboard.org`.
     #[arg(long, default_value = "demo")]
     admin_password: String,
+    /// An MQTT broker to publish the retained Sming announce of 1.0.1 on (`HOST:PORT`).
+    #[arg(long, value_name = "HOST:PORT")]
+    broker: Option<String>,
+    /// The Sming application id of that announce.
+    #[arg(long, default_value = "demo", requires = "broker")]
+    sming_app: String,
     /// Size of the demo images (plaintext bytes) on a new data directory.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(32..=250_000))]
     image_len: u64,
@@ -357,6 +373,36 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// The version the Sming announce carries.
+const SMING_VERSION: &str = "1.0.1";
+
+/// Publishes the retained Sming announce of [`SMING_VERSION`] on `broker`.
+async fn announce_sming(broker: &str, app: &str, image_len: usize) -> anyhow::Result<()> {
+    let (host, port) = broker
+        .rsplit_once(':')
+        .with_context(|| format!("--broker {broker:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--broker {broker:?}: port"))?;
+    let options = BrokerOptions::new(
+        host,
+        port,
+        format!("ota-demo-server-{}", std::process::id()),
+    );
+    let announcer = SmingAnnouncer::connect(options)
+        .await
+        .with_context(|| format!("connecting to the broker {broker}"))?;
+    let version = SmingVersion::parse(SMING_VERSION)?;
+    let image = image::build(SMING_VERSION, true, image_len);
+    let sent = announcer.announce(app, version, image.into()).await?;
+    announcer.close().await;
+    println!(
+        "setup: Sming announce of {SMING_VERSION} retained on {} at {broker} ({} payload bytes)",
+        sent.topic, sent.payload_len
+    );
+    Ok(())
+}
+
 async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let blobs = dir.join("blobs");
     std::fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
@@ -375,6 +421,9 @@ async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let (rest, ota) = ota_server::server::build(&config).await?;
     let image_len = usize::try_from(args.image_len).context("--image-len")?;
     provision(&ota, &keys, image_len).await?;
+    if let Some(broker) = &args.broker {
+        announce_sming(broker, &args.sming_app, image_len).await?;
+    }
     let app = rest.merge(ota_http::router(ota.clone()));
     let tcp = tokio::net::TcpListener::bind(args.http)
         .await
@@ -382,11 +431,21 @@ async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
     let udp = tokio::net::UdpSocket::bind(args.coap)
         .await
         .with_context(|| format!("binding CoAP on {}", args.coap))?;
+    let mqtt_listener = tokio::net::TcpListener::bind(args.mqtt)
+        .await
+        .with_context(|| format!("binding MQTT on {}", args.mqtt))?;
     let (http_addr, coap_addr) = (tcp.local_addr()?, udp.local_addr()?);
+    let mqtt_addr = mqtt_listener.local_addr()?;
     let coap = tokio::spawn(ota_coap::server::serve(udp, ota.clone()));
+    let api: Arc<dyn DeviceApi> = ota.clone();
+    let mqtt = tokio::spawn(ota_mqtt::serve(
+        mqtt_listener,
+        api,
+        ota_mqtt::MqttConfig::default(),
+    ));
     let watcher = tokio::spawn(watch_states(ota.clone()));
     println!(
-        "READY http={http_addr} coap={coap_addr} token={} tokens={},{FAIL_TOKEN},{ROGUE_TOKEN} keys={} data={}",
+        "READY http={http_addr} coap={coap_addr} mqtt={mqtt_addr} token={} tokens={},{FAIL_TOKEN},{ROGUE_TOKEN} keys={} data={}",
         TOKENS[0],
         TOKENS.join(","),
         dir.join("device-keys").display(),
@@ -396,6 +455,7 @@ async fn run(args: Args, dir: &Path) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     coap.abort();
+    mqtt.abort();
     watcher.abort();
     ota.flush_progress().await?;
     println!("stopped");
