@@ -171,6 +171,7 @@ pub extern "C" fn ota_check_signed_package(seed: u8) -> u64 {
         target: "board-rev-b",
         kind: manifest::Kind::Firmware,
         highest_accepted: manifest::SemVer::new(1, 0, 0),
+        offered_version: None,
     };
     let mut chunk_buf = [0u8; 4096 + manifest::TAG_LEN];
     let mut r = reader::SignedPackageReader::new(&keys, Some(&payload_key), policy, &mut chunk_buf);

@@ -326,6 +326,7 @@ pub fn read(
         target: &target,
         kind: unverified.kind,
         highest_accepted: opts.highest_accepted.unwrap_or_default(),
+        offered_version: None,
     };
     let mut chunk_buf = vec![0u8; chunk_buffer_len(&unverified)];
     let mut reader = SignedPackageReader::new(&keys, payload_key.as_ref(), policy, &mut chunk_buf);

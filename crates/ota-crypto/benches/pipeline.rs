@@ -65,6 +65,7 @@ fn pipeline(f: &Fixture, chunk_buf: &mut [u8], out: &mut [u8]) -> u64 {
         target: "board",
         kind: Kind::Firmware,
         highest_accepted: SemVer::new(1, 0, 0),
+        offered_version: None,
     };
     let mut reader = SignedPackageReader::new(&f.keys, Some(&f.payload_key), policy, chunk_buf);
     let mut produced = 0u64;

@@ -181,6 +181,14 @@ pub enum CryptoError {
     /// The package is of another kind (firmware vs software) than the device asked for.
     #[error("package kind does not match the expected kind")]
     WrongKind,
+    /// The signed manifest carries another version than the one the server offered.
+    #[error("the package is signed as version {signed}, but version {offered} was offered")]
+    NotTheOfferedVersion {
+        /// Version in the (unsigned) offer.
+        offered: SemVer,
+        /// Version in the signed manifest.
+        signed: SemVer,
+    },
     /// The manifest's own version is below the anti-rollback floor it declares.
     #[error("version {version} is below the manifest's min-version {min_version}")]
     BelowMinVersion {
@@ -283,7 +291,8 @@ impl CryptoError {
             Self::AlreadyFinished
             | Self::PlaintextNotDrained(_)
             | Self::ResumeMisaligned { .. } => UpdateError::InvalidState,
-            Self::BadMagic { .. }
+            Self::NotTheOfferedVersion { .. }
+            | Self::BadMagic { .. }
             | Self::UnsupportedFormat(_)
             | Self::UnknownKind(_)
             | Self::UnknownCipher(_)

@@ -184,6 +184,7 @@ fn run(
         target: "fuzz",
         kind: crate::manifest::Kind::Firmware,
         highest_accepted: SemVer::default(),
+        offered_version: None,
     };
     if let Some(m) = &derive {
         policy.now = m.created_at;

@@ -35,6 +35,11 @@ pub struct DevicePolicy<'a> {
     /// The highest version the device has accepted (persisted across reboots); packages below
     /// it are rejected.
     pub highest_accepted: SemVer,
+    /// The version the server offered (ThingsBoard's `fw_version`), if the device acts on it.
+    /// When set, the signed manifest must carry exactly this version: the offer is unsigned,
+    /// so a device that records the offered version (say, as its new anti-rollback floor once
+    /// the image boots) must not install a package signed for another one.
+    pub offered_version: Option<SemVer>,
 }
 
 impl DevicePolicy<'_> {
@@ -45,6 +50,14 @@ impl DevicePolicy<'_> {
         }
         if m.target.as_str() != self.target {
             return Err(CryptoError::WrongTarget);
+        }
+        if let Some(offered) = self.offered_version
+            && offered != m.version
+        {
+            return Err(CryptoError::NotTheOfferedVersion {
+                offered,
+                signed: m.version,
+            });
         }
         if m.version < m.min_version {
             return Err(CryptoError::BelowMinVersion {
@@ -106,7 +119,7 @@ enum Phase {
 /// # let spec = PackageSpec::new(Kind::Firmware, "app", SemVer::new(1, 0, 0), "board-a", 100).unwrap();
 /// # let package = PackageWriter::new(&signer, spec, Sealing::ChaCha20Poly1305 { key: &payload_key, nonce_prefix: [9; 8] })
 /// #     .pack_bytes(b"image").unwrap();
-/// let policy = DevicePolicy { now: 200, target: "board-a", kind: Kind::Firmware, highest_accepted: SemVer::new(1, 0, 0) };
+/// let policy = DevicePolicy { now: 200, target: "board-a", kind: Kind::Firmware, highest_accepted: SemVer::new(1, 0, 0), offered_version: None };
 /// let mut chunk_buf = [0u8; 4096 + 16];
 /// let mut reader = SignedPackageReader::new(&keys, Some(&payload_key), policy, &mut chunk_buf);
 /// let mut out = [0u8; 256];

@@ -412,6 +412,49 @@ fn version_below_the_highest_accepted_is_rejected() {
 }
 
 #[test]
+fn a_package_signed_for_another_version_than_offered_is_rejected() {
+    // The package is signed as 1.2.3; the (unsigned) offer claims 1.4.0.
+    let pkg = pack(CHUNK as u32, true, &payload(100, 1));
+    let mut p = policy();
+    p.offered_version = Some(SemVer::new(1, 4, 0));
+    let err = read_with(&key_set(), p, &pkg, &[4096], 4096).unwrap_err();
+    assert_eq!(
+        err,
+        CryptoError::NotTheOfferedVersion {
+            offered: SemVer::new(1, 4, 0),
+            signed: SemVer::new(1, 2, 3)
+        }
+    );
+    assert_eq!(err.update_error(), UpdateError::InvalidPackage);
+    // Nothing of the payload was released: the manifest is checked first.
+    let key = payload_key();
+    let keys = key_set();
+    let mut chunk_buf = vec![0u8; 64 * 1024 + 16];
+    let mut reader = SignedPackageReader::new(&keys, Some(&key), p, &mut chunk_buf);
+    let mut out = vec![0u8; 4096];
+    let mut produced = 0;
+    let mut input = &pkg[..];
+    let result = loop {
+        match reader.feed(input, &mut out) {
+            Ok(fed) if fed.consumed == 0 && fed.produced == 0 => break Ok(()),
+            Ok(fed) => {
+                produced += fed.produced;
+                input = &input[fed.consumed..];
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(matches!(
+        result,
+        Err(CryptoError::NotTheOfferedVersion { .. })
+    ));
+    assert_eq!(produced, 0);
+    // The offered version itself is accepted.
+    p.offered_version = Some(SemVer::new(1, 2, 3));
+    assert!(read_with(&key_set(), p, &pkg, &[4096], 4096).is_ok());
+}
+
+#[test]
 fn expired_manifest_is_rejected() {
     let pkg = pack(CHUNK as u32, true, &payload(100, 1));
     let mut p = policy();

@@ -325,6 +325,7 @@ fn downgrade_fails_with_downgrade_rejected_before_any_write() {
     let package = pack(SEALED, true, &plain); // version 1.2.3
     let device = DevicePolicy {
         highest_accepted: SemVer::new(1, 3, 0),
+        offered_version: None,
         ..policy()
     };
     let out = download_signed(&package, device, 4);

@@ -69,6 +69,7 @@ fn update(package: &[u8]) -> (Outcome, MemorySlot) {
             target: TARGET,
             kind: PackageKind::Firmware,
             highest_accepted: SemVer::new(1, 0, 0),
+            offered_version: None,
         };
         let mut sealed = vec![0u8; SEALED as usize + 16];
         let reader = SignedPackageReader::new(&keys, Some(&key), policy, &mut sealed);

@@ -268,18 +268,7 @@ impl Transport {
             Version::parse(&offer.version)
                 .map_err(|e| anyhow!("offered version {:?}: {e:?}", offer.version))?,
         );
-        let highest = boot.highest_accepted();
-        let semver = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        let policy = DevicePolicy {
-            now: unix_now(),
-            target: &settings.target,
-            kind: ota_crypto::manifest::Kind::Firmware,
-            highest_accepted: SemVer::new(
-                semver(highest.major),
-                semver(highest.minor),
-                semver(highest.patch),
-            ),
-        };
+        let policy = policy(settings, boot.highest_accepted(), version);
         let rejected = Cell::new(None);
         let tap: ResumeTap = ResumeTap::default();
         let mut chunk_buf = vec![0u8; MAX_SEALED_CHUNK];
@@ -630,4 +619,20 @@ fn cycles_over(
         log.step("REBOOT", "");
     }
     bail!("no stable state after {MAX_POWER_CYCLES} power cycles")
+}
+
+/// What the reader checks a manifest against. The device records the offered version as what
+/// it runs and as its new floor, so the signed package must be exactly that version.
+fn policy(settings: &Settings, highest: SlotVersion, offered: SlotVersion) -> DevicePolicy<'_> {
+    let semver = |v: SlotVersion| {
+        let part = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        SemVer::new(part(v.major), part(v.minor), part(v.patch))
+    };
+    DevicePolicy {
+        now: unix_now(),
+        target: &settings.target,
+        kind: ota_crypto::manifest::Kind::Firmware,
+        highest_accepted: semver(highest),
+        offered_version: Some(semver(offered)),
+    }
 }

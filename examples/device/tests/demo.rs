@@ -413,6 +413,23 @@ fn tampered_manifest_is_refused_over_coap() {
 }
 
 #[test]
+fn a_package_signed_for_another_version_than_offered_is_refused_over_http() {
+    // The server offers 1.1.0 but serves the (validly signed) 1.2.0 package: the device
+    // must not install it, since it would record 1.1.0 as what it runs and as its floor.
+    let server = Server::start();
+    let other = std::fs::read(server.blob("1.2.0")).expect("reading the 1.2.0 package");
+    std::fs::write(server.blob("1.1.0"), other).expect("replacing the 1.1.0 package");
+    refused(
+        &server,
+        "http",
+        "demo-http-1",
+        "1.1.0",
+        "INVALID_PACKAGE",
+        "signed as version 1.2.0, but version 1.1.0 was offered",
+    );
+}
+
+#[test]
 fn package_signed_by_an_untrusted_key_is_refused_over_http() {
     let server = Server::start();
     refused(

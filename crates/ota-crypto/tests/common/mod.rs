@@ -39,6 +39,7 @@ pub fn policy() -> DevicePolicy<'static> {
         target: TARGET,
         kind: Kind::Firmware,
         highest_accepted: SemVer::new(1, 0, 0),
+        offered_version: None,
     }
 }
 
