@@ -4,6 +4,9 @@
 #![cfg(feature = "device")]
 
 mod common;
+// The PostgreSQL helper of ota-server's behaviour suite (a private cluster on a free port,
+// or `OTA_TEST_DATABASE_URL`).
+#[path = "../../ota-server/tests/common/mod.rs"]
 mod pg;
 
 use std::sync::Arc;
@@ -46,7 +49,7 @@ async fn replica(url: &str, blobs: &std::path::Path, namespace: &str) -> (Arc<Ot
 async fn assignment_through_one_replica_reaches_a_device_on_the_other() {
     let url = pg::postgres_schema_url();
     let dir = tempfile::tempdir().expect("tempdir");
-    let namespace = format!("m{}", pg::unique());
+    let namespace = format!("m{}", uuid::Uuid::new_v4().simple());
     let (a, _) = replica(&url, &dir.path().join("blobs"), &namespace).await;
     let (_b, b_port) = replica(&url, &dir.path().join("blobs"), &namespace).await;
 
