@@ -571,7 +571,12 @@ fn every_crypto_error_maps_to_its_wire_error() {
             },
             U::InvalidPackage,
         ),
-        (C::BadMagic { found: *b"XXXX" }, U::InvalidPackage),
+        (
+            C::BadMagic {
+                found: *b"PK\x03\x04",
+            },
+            U::InvalidPackage,
+        ), // a zip file, not a package
     ];
     for (c, u) in table {
         assert_eq!(UpdateError::from(c), u, "{c}");
