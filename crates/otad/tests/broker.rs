@@ -48,7 +48,11 @@ fn sming_announce_follows_assignments() {
     // The profile's firmware is announced even though no device is registered.
     rest.set_profile_firmware(&profile, "sming", Some(&p7));
     otad.wait_log(&["Sming firmware announced", "a/demo/u/4.3", "4.3.7"], WAIT);
-    assert_installed(&sming_device(broker.port, "demo", "4.3.5"), &older, 7);
+    assert_installed(
+        &sming_device(broker.port, "demo", "4.3.5", false),
+        &older,
+        7,
+    );
 
     // A device of the profile gets 4.3.9 of its own: the higher patch wins the topic.
     let device = rest.post(
@@ -60,9 +64,13 @@ fn sming_announce_follows_assignments() {
         .expect("device id")
         .to_owned();
     otad.wait_log(&["Sming firmware announced", "4.3.9"], WAIT);
-    assert_installed(&sming_device(broker.port, "demo", "4.3.5"), &newer, 9);
+    assert_installed(
+        &sming_device(broker.port, "demo", "4.3.5", false),
+        &newer,
+        9,
+    );
     // A device already on patch 9 is offered 9 again (Sming installs equal patches).
-    let again = sming_device(broker.port, "demo", "4.3.9");
+    let again = sming_device(broker.port, "demo", "4.3.9", false);
     assert_eq!(again["patch"], 9, "{again}");
 
     // 4.3.9 unassigned while 4.3.7 still is: the topic is not withdrawn, 4.3.7 replaces it.
@@ -76,12 +84,16 @@ fn sming_announce_follows_assignments() {
         line.contains("Sming firmware announced") && line.contains("4.3.7"),
         "expected 4.3.7 to be announced again, got {line}"
     );
-    assert_installed(&sming_device(broker.port, "demo", "4.3.0"), &older, 7);
+    assert_installed(
+        &sming_device(broker.port, "demo", "4.3.0", false),
+        &older,
+        7,
+    );
 
     // Nothing of the topic assigned any more: the retained message is cleared.
     rest.set_profile_firmware(&profile, "sming", None);
     otad.wait_log(&["Sming announce withdrawn", "a/demo/u/4.3"], WAIT);
-    let report = sming_device(broker.port, "demo", "4.3.0");
+    let report = sming_device(broker.port, "demo", "4.3.0", false);
     assert_eq!(report["outcome"], "none", "{report}");
 }
 
@@ -100,7 +112,11 @@ fn announces_are_republished_after_the_broker_restarts() {
     broker.restart();
     otad.wait_log(&["Sming announcer reconnected"], WAIT);
     otad.wait_log(&["Sming firmware announced", "a/app/one/u/2.0"], WAIT);
-    assert_installed(&sming_device(broker.port, "app/one", "2.0.0"), &fw, 3);
+    assert_installed(
+        &sming_device(broker.port, "app/one", "2.0.0", false),
+        &fw,
+        3,
+    );
 }
 
 #[test]

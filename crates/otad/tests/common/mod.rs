@@ -1,6 +1,7 @@
 //! A real `otad` process on free loopback ports, and REST set-up through a real HTTP client.
 #![allow(dead_code, clippy::missing_panics_doc)]
 
+#[path = "../../../ota-mqtt/tests/broker_support/mosquitto.rs"]
 pub mod mosquitto;
 
 use std::io::{BufRead, BufReader};
