@@ -454,6 +454,32 @@ impl HttpDevice {
         m
     }
 
+    /// The telemetry after the reboot into the installed slot: `UPDATED` with
+    /// `current_*_title`/`current_*_version` when the boot was confirmed, else `FAILED` with
+    /// `INSTALLATION_FAILED` (the boot loader rolled back).
+    pub fn boot_values(
+        kind: Kind,
+        title: &str,
+        version: &str,
+        confirmed: bool,
+    ) -> Map<String, Value> {
+        let p = kind.prefix();
+        let mut m = Map::new();
+        if confirmed {
+            m.insert(format!("{p}_state"), Value::from(State::Updated.tb_name()));
+            m.insert(format!("current_{p}_title"), Value::from(title));
+            m.insert(format!("current_{p}_version"), Value::from(version));
+        } else {
+            let e = UpdateError::InstallationFailed;
+            m.insert(
+                format!("{p}_state"),
+                Value::from(State::Failed(e).tb_name()),
+            );
+            m.insert(format!("{p}_error"), Value::from(fw_error(e).as_str()));
+        }
+        m
+    }
+
     fn report(&mut self, values: &Map<String, Value>) {
         if let Err(e) = self.post_telemetry(values) {
             self.stats.telemetry_failures += 1;
@@ -470,20 +496,9 @@ impl HttpDevice {
         version: &str,
         confirmed: bool,
     ) -> Result<(), DeviceError> {
-        let p = self.kind.prefix();
-        let mut m = Map::new();
+        let m = Self::boot_values(self.kind, title, version, confirmed);
         if confirmed {
-            m.insert(format!("{p}_state"), Value::from(State::Updated.tb_name()));
-            m.insert(format!("current_{p}_title"), Value::from(title));
-            m.insert(format!("current_{p}_version"), Value::from(version));
             self.current = Some((title.to_owned(), version.to_owned()));
-        } else {
-            let e = UpdateError::InstallationFailed;
-            m.insert(
-                format!("{p}_state"),
-                Value::from(State::Failed(e).tb_name()),
-            );
-            m.insert(format!("{p}_error"), Value::from(fw_error(e).as_str()));
         }
         self.post_telemetry(&m)
     }

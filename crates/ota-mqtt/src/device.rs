@@ -41,7 +41,6 @@ use ota_core::reader::ResumableReader;
 use ota_core::topic::Topic;
 use ota_core::updater::{
     Action, Config, ConfigError, Instant, Kind, PlainReader, Progress, Report, State, Updater,
-    fw_error,
 };
 pub use ota_http::device::{
     CheckpointStore, MemoryCheckpoints, MemorySlot, Outcome, OwnedOffer, Slot,
@@ -972,20 +971,9 @@ impl MqttDevice {
         while !self.link().connected {
             let _ = self.next_event(None).await?;
         }
-        let p = self.kind.prefix();
-        let mut m = Map::new();
+        let m = ota_http::device::HttpDevice::boot_values(self.kind, title, version, confirmed);
         if confirmed {
-            m.insert(format!("{p}_state"), Value::from(State::Updated.tb_name()));
-            m.insert(format!("current_{p}_title"), Value::from(title));
-            m.insert(format!("current_{p}_version"), Value::from(version));
             self.current = Some((title.to_owned(), version.to_owned()));
-        } else {
-            let e = UpdateError::InstallationFailed;
-            m.insert(
-                format!("{p}_state"),
-                Value::from(State::Failed(e).tb_name()),
-            );
-            m.insert(format!("{p}_error"), Value::from(fw_error(e).as_str()));
         }
         self.send_telemetry(&m);
         Ok(())

@@ -577,27 +577,36 @@ macro_rules! fetch_state {
     };
 }
 
+/// Binds the twelve state columns, in `STATE_COLS` order, as `$1`…`$12` of `$q`.
+macro_rules! bind_state {
+    ($q:expr, $s:expr) => {{
+        let s: &DeviceUpdateState = $s;
+        $q.bind(s.device_id.to_string())
+            .bind(s.package_type.as_str())
+            .bind(&s.current_title)
+            .bind(&s.current_version)
+            .bind(opt_id(s.target_package_id))
+            .bind(&s.target_title)
+            .bind(&s.target_version)
+            .bind(s.state.map(crate::model::UpdateState::as_str))
+            .bind(&s.error)
+            .bind(to_i64(s.progress))
+            .bind(s.state_time)
+            .bind(to_i64(s.anomalies))
+    }};
+}
+
 macro_rules! upsert_state {
     ($ex:expr, $s:expr) => {{
-        let s: &DeviceUpdateState = $s;
-        sqlx::query(sqlf!(
-            "INSERT INTO device_update_states ({STATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
-             ON CONFLICT (device_id, package_type) DO UPDATE SET current_title = $3, current_version = $4, \
-             target_package_id = $5, target_title = $6, target_version = $7, state = $8, error = $9, \
-             progress = $10, state_time = $11, anomalies = $12"
-        ))
-        .bind(s.device_id.to_string())
-        .bind(s.package_type.as_str())
-        .bind(&s.current_title)
-        .bind(&s.current_version)
-        .bind(opt_id(s.target_package_id))
-        .bind(&s.target_title)
-        .bind(&s.target_version)
-        .bind(s.state.map(|st| st.as_str()))
-        .bind(&s.error)
-        .bind(to_i64(s.progress))
-        .bind(s.state_time)
-        .bind(to_i64(s.anomalies))
+        bind_state!(
+            sqlx::query(sqlf!(
+                "INSERT INTO device_update_states ({STATE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
+                 ON CONFLICT (device_id, package_type) DO UPDATE SET current_title = $3, current_version = $4, \
+                 target_package_id = $5, target_title = $6, target_version = $7, state = $8, error = $9, \
+                 progress = $10, state_time = $11, anomalies = $12"
+            )),
+            $s
+        )
         .execute($ex)
         .await?;
     }};
@@ -1035,24 +1044,15 @@ impl Store for SqlStore {
         expected_state_time: Millis,
     ) -> Result<bool, StoreError> {
         with_pool!(write self, |pool| {
-            let done = sqlx::query(
-                "UPDATE device_update_states SET current_title = $3, current_version = $4, \
+            let done = bind_state!(
+                sqlx::query(
+                    "UPDATE device_update_states SET current_title = $3, current_version = $4, \
                  target_package_id = $5, target_title = $6, target_version = $7, state = $8, error = $9, \
                  progress = $10, state_time = $11, anomalies = $12 \
                  WHERE device_id = $1 AND package_type = $2 AND state_time = $13",
+                ),
+                s
             )
-            .bind(s.device_id.to_string())
-            .bind(s.package_type.as_str())
-            .bind(&s.current_title)
-            .bind(&s.current_version)
-            .bind(opt_id(s.target_package_id))
-            .bind(&s.target_title)
-            .bind(&s.target_version)
-            .bind(s.state.map(crate::model::UpdateState::as_str))
-            .bind(&s.error)
-            .bind(to_i64(s.progress))
-            .bind(s.state_time)
-            .bind(to_i64(s.anomalies))
             .bind(expected_state_time)
             .execute(pool)
             .await?;
