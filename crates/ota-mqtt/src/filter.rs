@@ -26,7 +26,7 @@ pub enum FilterError {
 
 /// A validated MQTT topic filter.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Filter(String);
+pub struct Filter(Box<str>);
 
 impl Filter {
     /// Validates a filter (MQTT §4.7: `+` and `#` fill a whole level, `#` only last).
@@ -53,7 +53,7 @@ impl Filter {
                 return Err(FilterError::MisplacedWildcard { level });
             }
         }
-        Ok(Self(text.to_owned()))
+        Ok(Self(text.into()))
     }
 
     /// The filter text.

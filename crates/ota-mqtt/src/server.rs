@@ -14,6 +14,7 @@
 //! [`serve_tls`] serves the same endpoint over TLS (rustls), optionally verifying client
 //! certificates against a CA; see [`TlsConfig`] for how a certificate identifies a device.
 
+mod link;
 mod session;
 mod tls;
 
@@ -23,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqtt_endpoint_tokio::mqtt_ep::transport::{TcpTransport, TlsTransport};
 use ota_server::service::DeviceApi;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -94,7 +94,7 @@ pub async fn serve(listener: TcpListener, api: Arc<dyn DeviceApi>, config: MqttC
     loop {
         let (sock, peer) = accept(&listener).await;
         tokio::spawn(session::run(
-            TcpTransport::from_stream(sock),
+            link::Wire::Tcp(sock),
             peer,
             None,
             api.clone(),
@@ -136,14 +136,7 @@ pub async fn serve_tls(
             else {
                 return;
             };
-            session::run(
-                TlsTransport::from_stream(stream),
-                peer,
-                certificate,
-                api,
-                config,
-            )
-            .await;
+            session::run(link::Wire::tls(stream), peer, certificate, api, config).await;
         });
     }
 }

@@ -357,3 +357,42 @@ fn plain_v311_client_at_qos0_fetches_attributes_and_chunks() {
         assert_eq!(image, IMAGE);
     });
 }
+
+/// Keep-alive over a raw socket: PINGREQ is answered with PINGRESP, and a device that falls
+/// silent is disconnected once 1.5 × its keep-alive has passed without a packet (MQTT
+/// 3.1.1 §3.1.2.10), not left to hold its session forever.
+#[test]
+fn keep_alive_is_answered_and_enforced() {
+    let s = Server::start(IMAGE);
+    let port = s.addr.port();
+    s.block_on(async {
+        let mut sock = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut connect = raw_connect();
+        // Keep-alive 1 s (bytes 9–10 of the CONNECT: after the fixed header, the protocol
+        // name, level and flags).
+        connect[10] = 0;
+        connect[11] = 1;
+        sock.write_all(&connect).await.expect("write");
+        let mut connack = [0u8; 4];
+        sock.read_exact(&mut connack).await.expect("CONNACK");
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted");
+
+        sock.write_all(&[0xc0, 0x00]).await.expect("PINGREQ");
+        let mut pingresp = [0u8; 2];
+        tokio::time::timeout(DEADLINE, sock.read_exact(&mut pingresp))
+            .await
+            .expect("PINGRESP within the deadline")
+            .expect("read");
+        assert_eq!(pingresp, [0xd0, 0x00], "PINGRESP");
+
+        let silent_since = std::time::Instant::now();
+        assert!(closed(&mut sock).await, "a silent device is disconnected");
+        let waited = silent_since.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
+            "closed after {waited:?}, expected about 1.5 s"
+        );
+    });
+}

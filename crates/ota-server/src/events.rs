@@ -27,7 +27,10 @@ pub struct Events {
     channels: Mutex<HashMap<DeviceId, broadcast::Sender<AssignmentEvent>>>,
 }
 
-const CAPACITY: usize = 16;
+/// Events a device's channel holds for a slow session. A session that falls further behind
+/// sees `Lagged` and pushes the current attributes instead; one assignment change sends at
+/// most two events (firmware and software), and every connected device pays for each slot.
+const CAPACITY: usize = 2;
 
 impl Events {
     /// Receives the device's future assignment events.

@@ -1,35 +1,30 @@
-//! One device connection: CONNECT and authentication, then the packet loop.
-//!
-//! A reader task pulls packets from the endpoint into a small bounded channel, so the loop
-//! can wait on packets and on assignment events at once without cancelling a receive.
+//! One device connection: CONNECT and authentication, then the packet loop, all in the
+//! connection's one task (see [`super::link`] for the I/O around the protocol core).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mqtt_endpoint_tokio::mqtt_ep::{
-    self, ConnectionError, ConnectionOption, ConnectionOptions, Mode, Version,
-    packet::{Packet, Property, Qos, v3_1_1, v5_0},
+use mqtt_protocol_core::mqtt::{
+    Version,
+    packet::{MaximumQos, Packet, Property, Qos, v3_1_1, v5_0},
     result_code::{
         ConnectReasonCode, ConnectReturnCode, DisconnectReasonCode, PubackReasonCode,
         SubackReasonCode, SubackReturnCode, UnsubackReasonCode,
     },
-    role,
-    transport::TransportOps,
 };
 use ota_core::frame::thingsboard::AttributesRequest;
 use ota_core::topic::{Field, Kind, RequestId, Topic, TopicError};
 use ota_server::error::AttributeError;
-use ota_server::model::{Device, OtaPackage, PackageType};
+use ota_server::model::{Device, DeviceId, OtaPackage, PackageType};
 use ota_server::rules::AttributePush;
 use ota_server::service::{DeviceApi, ServiceError, parse_client_attributes};
 use serde_json::{Map, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::MqttConfig;
+use super::link::{Closed, Link, Wire, Woke};
 use crate::chunk::{RequestTable, parse_size};
 use crate::filter::Filter;
-
-type Ep = mqtt_ep::Endpoint<role::Server>;
 
 /// Where shared-attribute pushes go.
 const ATTRIBUTES: &str = "v1/devices/me/attributes";
@@ -39,12 +34,13 @@ const ATTRIBUTES: &str = "v1/devices/me/attributes";
 enum End {
     /// Close the connection; MQTT 5 sessions get a DISCONNECT with this reason first.
     Close(DisconnectReasonCode),
-    /// The connection is already gone (or broken): nothing more to send.
+    /// The connection is over (or broken): write what is queued, if anything can be, and
+    /// close.
     Gone,
 }
 
-impl From<ConnectionError> for End {
-    fn from(_: ConnectionError) -> Self {
+impl From<Closed> for End {
+    fn from(_: Closed) -> Self {
         Self::Gone
     }
 }
@@ -78,93 +74,95 @@ const fn package_type(kind: Kind) -> PackageType {
 
 /// Runs one connection (plain TCP or an accepted TLS stream) to its end. `certificate` is
 /// the SHA-256 fingerprint of the verified client certificate, if the client presented one.
-/// Bytes read from a client's socket at once. Devices send small packets (subscriptions,
-/// chunk requests, telemetry); larger ones are assembled over several reads, so a small
-/// buffer costs nothing per packet and saves memory on every idle connection.
-const RECV_BUFFER: usize = 1024;
+///
+/// Every idle connection keeps this future's state for as long as it stays connected, so it
+/// is kept small: the protocol state lives in one allocation of its own, and the handshake, the packet handling and the close run in boxed
+/// futures that exist only while they run.
+pub(super) fn run(
+    wire: Wire,
+    peer: SocketAddr,
+    certificate: Option<String>,
+    api: Arc<dyn DeviceApi>,
+    config: Arc<MqttConfig>,
+) -> impl Future<Output = ()> + Send {
+    let link = Box::new(Link::new(wire, config.max_packet_size, config.max_inflight));
+    serve_link(link, peer, certificate, api, config)
+}
 
-pub(super) async fn run<T: TransportOps + Send + 'static>(
-    transport: T,
+/// [`run`] with the link on the heap: an async function's arguments stay in its state
+/// beside the locals they are moved into, so a large one is passed boxed.
+async fn serve_link(
+    mut link: Box<Link>,
     peer: SocketAddr,
     certificate: Option<String>,
     api: Arc<dyn DeviceApi>,
     config: Arc<MqttConfig>,
 ) {
-    let options = ConnectionOptions::new()
-        .maximum_packet_size_recv(config.max_packet_size)
-        .receive_maximum(config.max_inflight);
-    let ep = Arc::new(Ep::with_options(Version::Undetermined, options));
-    let Ok(option) = ConnectionOption::builder()
-        .auto_pub_response(false)
-        .auto_ping_response(true)
-        .recv_buffer_size(RECV_BUFFER)
-        .build()
-    else {
-        return;
-    };
-    if let Err(e) = ep
-        .attach_with_options(transport, Mode::Server, option)
-        .await
+    let end = match Box::pin(handshake(
+        &mut link,
+        peer,
+        certificate,
+        api.as_ref(),
+        &config,
+    ))
+    .await
     {
-        tracing::debug!(%peer, error = ?e, "MQTT attach failed");
-        return;
-    }
-    let (tx, rx) = mpsc::channel(4);
-    let reader = tokio::spawn({
-        let ep = ep.clone();
-        async move {
-            loop {
-                let r = ep.recv().await;
-                let failed = r.is_err();
-                if tx.send(Box::new(r)).await.is_err() || failed {
-                    break;
-                }
-            }
+        Ok((token, device, v5)) => {
+            let events = api.subscribe(device);
+            let mut s = Session {
+                link: &mut link,
+                api,
+                requests: RequestTable::new(config.max_request_ids),
+                config,
+                token,
+                device,
+                v5,
+                subs: Vec::new(),
+                inflight: 0,
+                resync: false,
+            };
+            s.run(events).await
         }
-    });
-    let end = match connect(&ep, Inbox(rx), peer, certificate, api, config).await {
-        Err(End::Close(reason)) => Some(reason),
-        Ok(()) | Err(End::Gone) => None,
+        Err(end) => Err(end),
     };
-    reader.abort();
-    if let Some(reason) = end
-        && matches!(ep.get_protocol_version().await, Ok(Version::V5_0))
+    if let Err(End::Close(reason)) = end
+        && link.version() == Version::V5_0
         && let Ok(d) = v5_0::Disconnect::builder().reason_code(reason).build()
     {
-        let _ = ep.send(d).await;
+        let _ = link.send(d);
     }
-    let _ = ep.close().await;
+    Box::pin(link.close()).await;
 }
 
-/// Packets from the reader task. They travel boxed: a tokio channel allocates its slots in
-/// blocks of 32, and 32 unboxed packets cost about 6.5 KiB on every connection, idle or not.
-struct Inbox(mpsc::Receiver<Box<Result<Packet, ConnectionError>>>);
-
-impl Inbox {
-    async fn recv(&mut self) -> Option<Result<Packet, ConnectionError>> {
-        self.0.recv().await.map(|b| *b)
-    }
-}
-
-/// Waits for CONNECT, authenticates, answers CONNACK and runs the session.
-async fn connect(
-    ep: &Arc<Ep>,
-    mut inbox: Inbox,
+/// Waits for CONNECT, authenticates and answers CONNACK; returns the credentials that
+/// matched, the device's id and whether the session speaks MQTT 5.
+async fn handshake(
+    link: &mut Link,
     peer: SocketAddr,
     certificate: Option<String>,
-    api: Arc<dyn DeviceApi>,
-    config: Arc<MqttConfig>,
-) -> Result<(), End> {
-    let first = tokio::time::timeout(config.connect_timeout, inbox.recv())
-        .await
-        .map_err(|_| End::Gone)?;
+    api: &dyn DeviceApi,
+    config: &MqttConfig,
+) -> Result<(String, DeviceId, bool), End> {
+    let first = tokio::time::timeout(config.connect_timeout, async {
+        loop {
+            if let Some(p) = link.next_pending()? {
+                return Ok::<_, Closed>(p);
+            }
+            link.flush().await?;
+            if let Woke::Link(r) = link.fill_or(std::future::pending::<()>()).await {
+                r?;
+            }
+        }
+    })
+    .await
+    .map_err(|_| End::Gone)??;
     let (v5, user) = match first {
-        Some(Ok(Packet::V3_1_1Connect(c))) => (false, c.user_name().map(str::to_owned)),
-        Some(Ok(Packet::V5_0Connect(c))) => (true, c.user_name().map(str::to_owned)),
+        Packet::V3_1_1Connect(c) => (false, c.user_name().map(str::to_owned)),
+        Packet::V5_0Connect(c) => (true, c.user_name().map(str::to_owned)),
         _ => return Err(End::Gone),
     };
     let user = user.filter(|u| !u.is_empty());
-    let outcome = authenticate(api.as_ref(), peer, certificate, user).await;
+    let outcome = authenticate(api, peer, certificate, user).await;
     let (reason, code) = match &outcome {
         Ok(_) => (ConnectReasonCode::Success, ConnectReturnCode::Accepted),
         Err(codes) => *codes,
@@ -174,37 +172,25 @@ async fn connect(
             .session_present(false)
             .reason_code(reason);
         if outcome.is_ok()
-            && let Ok(q) = mqtt_ep::packet::MaximumQos::new(1)
+            && let Ok(q) = MaximumQos::new(1)
         {
             b = b.props(vec![Property::MaximumQos(q)]);
         }
-        ep.send(b.build().map_err(|_| End::Gone)?).await?;
+        link.send(b.build().map_err(|_| End::Gone)?)?;
     } else {
         let c = v3_1_1::Connack::builder()
             .session_present(false)
             .return_code(code)
             .build()
             .map_err(|_| End::Gone)?;
-        ep.send(c).await?;
+        link.send(c)?;
     }
     let Ok((token, device)) = outcome else {
         tracing::debug!(%peer, "MQTT connection refused: bad credentials");
         return Err(End::Gone);
     };
     tracing::debug!(%peer, device = %device.id, v5, "MQTT device connected");
-    let events = api.subscribe(device.id);
-    let mut s = Session {
-        ep: ep.clone(),
-        api,
-        requests: RequestTable::new(config.max_request_ids),
-        config,
-        token,
-        device,
-        v5,
-        subs: Vec::new(),
-        inflight: 0,
-    };
-    s.run(inbox, events).await
+    Ok((token, device.id, v5))
 }
 
 type Refusal = (ConnectReasonCode, ConnectReturnCode);
@@ -247,12 +233,14 @@ async fn authenticate(
     }
 }
 
-struct Session {
-    ep: Arc<Ep>,
+struct Session<'a> {
+    link: &'a mut Link,
     api: Arc<dyn DeviceApi>,
     config: Arc<MqttConfig>,
     token: String,
-    device: Device,
+    /// The device; its row is read again (through the service's lookup cache) when a
+    /// request needs it, so an idle session holds no copy.
+    device: DeviceId,
     v5: bool,
     /// Subscriptions in registration order, with the granted QoS (at most
     /// `max_subscriptions`).
@@ -260,6 +248,8 @@ struct Session {
     requests: RequestTable,
     /// Our QoS 1 publishes not yet acknowledged.
     inflight: u16,
+    /// Assignment events were missed: push the current attributes.
+    resync: bool,
 }
 
 /// What a received PUBLISH carries.
@@ -270,32 +260,44 @@ struct Incoming<'a> {
     packet_id: Option<u16>,
 }
 
-impl Session {
+impl Session<'_> {
     async fn run(
         &mut self,
-        mut inbox: Inbox,
         mut events: broadcast::Receiver<ota_server::events::AssignmentEvent>,
     ) -> Result<(), End> {
         loop {
-            tokio::select! {
-                packet = inbox.recv() => match packet {
-                    Some(Ok(p)) => {
-                        if !self.packet(p).await? {
-                            return Ok(());
-                        }
-                    }
-                    // Malformed, oversized or closed: the endpoint has already given up.
-                    Some(Err(_)) | None => return Ok(()),
-                },
-                event = events.recv() => match event {
-                    Ok(e) => self.push(&e.pushes).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.push_current().await?,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        events = self.api.subscribe(self.device.id);
-                    }
-                },
+            // Boxed: handling packets awaits the service and the socket, and those futures
+            // would otherwise sit inline in every idle session's state.
+            if !Box::pin(self.drain()).await? {
+                return Ok(());
+            }
+            match self.link.fill_or(events.recv()).await {
+                Woke::Link(r) => r?,
+                Woke::Other(Ok(e)) => self.push(&e.pushes)?,
+                Woke::Other(Err(broadcast::error::RecvError::Lagged(_))) => self.resync = true,
+                Woke::Other(Err(broadcast::error::RecvError::Closed)) => {
+                    events = self.api.subscribe(self.device);
+                }
             }
         }
+    }
+
+    /// Handles what arrived since the last wait (packets, or missed assignment events) and
+    /// writes the answers; `Ok(false)` when the device disconnected.
+    async fn drain(&mut self) -> Result<bool, End> {
+        if std::mem::take(&mut self.resync) {
+            self.push_current().await?;
+        }
+        while let Some(p) = self.link.next_pending()? {
+            if !self.packet(p).await? {
+                return Ok(false);
+            }
+            if self.link.should_flush() {
+                self.link.flush().await?;
+            }
+        }
+        self.link.flush().await?;
+        Ok(true)
     }
 
     /// Handles one packet; `Ok(false)` when the device disconnected.
@@ -334,7 +336,7 @@ impl Session {
                     .packet_id(u.packet_id())
                     .build()
                     .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
-                self.ep.send(ack).await?;
+                self.link.send(ack)?;
             }
             Packet::V5_0Unsubscribe(u) => {
                 let codes = u
@@ -353,7 +355,7 @@ impl Session {
                     .reason_codes(codes)
                     .build()
                     .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
-                self.ep.send(ack).await?;
+                self.link.send(ack)?;
             }
             Packet::V3_1_1Disconnect(_) | Packet::V5_0Disconnect(_) => return Ok(false),
             // Keep-alive is answered by the endpoint.
@@ -385,7 +387,7 @@ impl Session {
             .return_codes(codes)
             .build()
             .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
-        self.ep.send(ack).await?;
+        self.link.send(ack)?;
         self.after_subscribe(&granted, &requested).await
     }
 
@@ -409,14 +411,14 @@ impl Session {
             .reason_codes(codes)
             .build()
             .map_err(|_| End::Close(DisconnectReasonCode::ProtocolError))?;
-        self.ep.send(ack).await?;
+        self.link.send(ack)?;
         self.after_subscribe(&granted, &requested).await
     }
 
     /// Registers the filters (up to `max_subscriptions` per session); returns the granted
     /// QoS per requested filter (`None` = refused).
     fn subscribe(&mut self, requested: &[(String, Qos)]) -> Vec<Option<Qos>> {
-        requested
+        let granted = requested
             .iter()
             .map(|(text, qos)| {
                 let filter = Filter::parse(text).ok()?;
@@ -433,12 +435,16 @@ impl Session {
                 }
                 Some(granted)
             })
-            .collect()
+            .collect();
+        // Held for the whole connection: no spare capacity.
+        self.subs.shrink_to_fit();
+        granted
     }
 
     fn unsubscribe(&mut self, text: &str) -> bool {
         let before = self.subs.len();
         self.subs.retain(|(f, _)| f.as_str() != text);
+        self.subs.shrink_to_fit();
         self.subs.len() != before
     }
 
@@ -471,18 +477,18 @@ impl Session {
     }
 
     /// Publishes `payload` on `topic` to this session only.
-    async fn send(&mut self, topic: &Topic<'_>, payload: Vec<u8>) -> Result<(), End> {
+    fn send(&mut self, topic: &Topic<'_>, payload: Vec<u8>) -> Result<(), End> {
         let name = topic.to_string();
         let qos = self.qos_for(&name);
         let packet_id = if qos == Qos::AtMostOnce {
             None
         } else {
             if self.inflight >= self.config.max_inflight {
-                tracing::debug!(device = %self.device.id, "MQTT device does not acknowledge; closing");
+                tracing::debug!(device = %self.device, "MQTT device does not acknowledge; closing");
                 return Err(End::Close(DisconnectReasonCode::ReceiveMaximumExceeded));
             }
             self.inflight += 1;
-            Some(self.ep.acquire_packet_id().await?)
+            Some(self.link.acquire_packet_id()?)
         };
         let bad = |_| End::Close(DisconnectReasonCode::ImplementationSpecificError);
         if self.v5 {
@@ -495,7 +501,7 @@ impl Session {
                 Some(id) => b.packet_id(id),
                 None => b,
             };
-            self.ep.send(b.build().map_err(bad)?).await?;
+            self.link.send(b.build().map_err(bad)?)?;
         } else {
             let b = v3_1_1::Publish::builder()
                 .topic_name(name)
@@ -506,13 +512,13 @@ impl Session {
                 Some(id) => b.packet_id(id),
                 None => b,
             };
-            self.ep.send(b.build().map_err(bad)?).await?;
+            self.link.send(b.build().map_err(bad)?)?;
         }
         Ok(())
     }
 
     /// Acknowledges a QoS 1 PUBLISH (MQTT 3.1.1 has no reason code).
-    async fn puback(&self, packet_id: Option<u16>, reason: PubackReasonCode) -> Result<(), End> {
+    fn puback(&mut self, packet_id: Option<u16>, reason: PubackReasonCode) -> Result<(), End> {
         let Some(id) = packet_id else {
             return Ok(());
         };
@@ -521,47 +527,56 @@ impl Session {
             if reason != PubackReasonCode::Success {
                 b = b.reason_code(reason);
             }
-            self.ep.send(b.build().map_err(|_| End::Gone)?).await?;
+            self.link.send(b.build().map_err(|_| End::Gone)?)?;
         } else {
             let ack = v3_1_1::Puback::builder()
                 .packet_id(id)
                 .build()
                 .map_err(|_| End::Gone)?;
-            self.ep.send(ack).await?;
+            self.link.send(ack)?;
         }
         Ok(())
     }
 
     /// A payload ThingsBoard could not parse: MQTT 5 gets PUBACK 0x99, MQTT 3.1.1 is
     /// disconnected.
-    async fn bad_payload(&self, m: &Incoming<'_>, what: &str) -> Result<(), End> {
-        tracing::debug!(device = %self.device.id, topic = m.topic, "malformed {what}");
+    fn bad_payload(&mut self, m: &Incoming<'_>, what: &str) -> Result<(), End> {
+        tracing::debug!(device = %self.device, topic = m.topic, "malformed {what}");
         if self.v5 {
             self.puback(m.packet_id, PubackReasonCode::PayloadFormatInvalid)
-                .await
         } else {
             Err(End::Close(DisconnectReasonCode::PayloadFormatInvalid))
         }
     }
 
     /// Publishes an OTA error (always on `v2/fw/error`, as ThingsBoard does) and closes.
-    async fn ota_error(&mut self, e: OtaError, close: DisconnectReasonCode) -> End {
+    fn ota_error(&mut self, e: OtaError, close: DisconnectReasonCode) -> End {
         let topic = Topic::OtaError {
             kind: Kind::Firmware,
         };
-        match self.send(&topic, e.as_str().as_bytes().to_vec()).await {
+        match self.send(&topic, e.as_str().as_bytes().to_vec()) {
             Ok(()) => End::Close(close),
             Err(end) => end,
         }
     }
 
     /// The device as stored now (its own package may have changed since CONNECT).
-    async fn fresh_device(&mut self) -> Result<Option<Device>, ServiceError> {
-        let d = self.api.authenticate(&self.token).await?;
-        if let Some(d) = &d {
-            self.device = d.clone();
+    async fn fresh_device(&self) -> Result<Option<Device>, ServiceError> {
+        self.api.authenticate(&self.token).await
+    }
+
+    /// The device as stored now, or the end of a session whose device is gone.
+    async fn current_device(&self) -> Result<Device, End> {
+        match self.fresh_device().await {
+            Ok(Some(d)) => Ok(d),
+            Ok(None) => Err(End::Close(DisconnectReasonCode::NotAuthorized)),
+            Err(e) => {
+                tracing::warn!(device = %self.device, error = %e, "reading the device failed");
+                Err(End::Close(
+                    DisconnectReasonCode::ImplementationSpecificError,
+                ))
+            }
         }
-        Ok(d)
     }
 
     async fn publish_in(&mut self, m: Incoming<'_>) -> Result<(), End> {
@@ -572,7 +587,7 @@ impl Session {
             Ok(Topic::Telemetry) => self.telemetry(&m).await,
             Ok(Topic::Attributes) => self.client_attributes(&m).await,
             Ok(Topic::AttributesRequest { id }) => self.attributes_request(&m, id).await,
-            Ok(Topic::RpcRequest { id }) => self.rpc(&m, id).await,
+            Ok(Topic::RpcRequest { id }) => self.rpc(&m, id),
             Ok(Topic::ChunkRequest {
                 kind,
                 request_id,
@@ -585,9 +600,8 @@ impl Session {
                 ..
             }) => Err(End::Close(DisconnectReasonCode::ServerShuttingDown)),
             _ => {
-                tracing::debug!(device = %self.device.id, topic = m.topic, "publish to an unknown topic");
+                tracing::debug!(device = %self.device, topic = m.topic, "publish to an unknown topic");
                 self.puback(m.packet_id, PubackReasonCode::TopicNameInvalid)
-                    .await
             }
         }
     }
@@ -596,17 +610,18 @@ impl Session {
         // The whole flat object goes to the service (it also reads keys such as
         // `fw_progress` that the device-side record type does not carry).
         let Ok(body) = serde_json::from_slice::<Value>(m.payload) else {
-            return self.bad_payload(m, "telemetry").await;
+            return self.bad_payload(m, "telemetry");
         };
         let Some(records) = telemetry_records(&body) else {
-            return self.bad_payload(m, "telemetry").await;
+            return self.bad_payload(m, "telemetry");
         };
+        let device = self.current_device().await?;
         for values in records {
-            if let Err(e) = self.api.record_telemetry(&self.device, values).await {
-                tracing::warn!(device = %self.device.id, error = %e, "recording telemetry failed");
+            if let Err(e) = self.api.record_telemetry(&device, values).await {
+                tracing::warn!(device = %self.device, error = %e, "recording telemetry failed");
             }
         }
-        self.puback(m.packet_id, PubackReasonCode::Success).await
+        self.puback(m.packet_id, PubackReasonCode::Success)
     }
 
     /// `v1/devices/me/attributes`: client attributes, one JSON object merged into the
@@ -616,35 +631,35 @@ impl Session {
     /// is stored.
     async fn client_attributes(&mut self, m: &Incoming<'_>) -> Result<(), End> {
         let Ok(attributes) = parse_client_attributes(m.payload) else {
-            return self.bad_payload(m, "client attributes").await;
+            return self.bad_payload(m, "client attributes");
         };
+        let device = self.current_device().await?;
         match self
             .api
-            .record_client_attributes(&self.device, &attributes)
+            .record_client_attributes(&device, &attributes)
             .await
         {
-            Ok(()) => self.puback(m.packet_id, PubackReasonCode::Success).await,
+            Ok(()) => self.puback(m.packet_id, PubackReasonCode::Success),
             // A device API without attribute storage: accepted and not stored.
             Err(ServiceError::Attributes(AttributeError::Unsupported)) => {
-                self.puback(m.packet_id, PubackReasonCode::Success).await
+                self.puback(m.packet_id, PubackReasonCode::Success)
             }
             Err(ServiceError::Attributes(e @ AttributeError::TooManyKeys { .. })) if self.v5 => {
-                tracing::debug!(device = %self.device.id, error = %e, "client attributes refused");
+                tracing::debug!(device = %self.device, error = %e, "client attributes refused");
                 self.puback(m.packet_id, PubackReasonCode::QuotaExceeded)
-                    .await
             }
             Err(ServiceError::Attributes(e)) => {
-                tracing::debug!(device = %self.device.id, error = %e, "client attributes refused");
-                self.bad_payload(m, "client attributes").await
+                tracing::debug!(device = %self.device, error = %e, "client attributes refused");
+                self.bad_payload(m, "client attributes")
             }
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "recording client attributes failed");
+                tracing::warn!(device = %self.device, error = %e, "recording client attributes failed");
                 let reason = if self.v5 {
                     PubackReasonCode::ImplementationSpecificError
                 } else {
                     PubackReasonCode::Success
                 };
-                self.puback(m.packet_id, reason).await
+                self.puback(m.packet_id, reason)
             }
         }
     }
@@ -656,13 +671,13 @@ impl Session {
     /// of one scope only select none of the other.
     async fn attributes_request(&mut self, m: &Incoming<'_>, id: u32) -> Result<(), End> {
         let Ok(req) = AttributesRequest::parse(m.payload) else {
-            return self.bad_payload(m, "attribute request").await;
+            return self.bad_payload(m, "attribute request");
         };
         let device = match self.fresh_device().await {
             Ok(Some(d)) => d,
             Ok(None) => return Err(End::Close(DisconnectReasonCode::NotAuthorized)),
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
+                tracing::warn!(device = %self.device, error = %e, "reading attributes failed");
                 return Err(End::Close(
                     DisconnectReasonCode::ImplementationSpecificError,
                 ));
@@ -684,7 +699,7 @@ impl Session {
         let (all, client) = match read.await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
+                tracing::warn!(device = %self.device, error = %e, "reading attributes failed");
                 return Err(End::Close(
                     DisconnectReasonCode::ImplementationSpecificError,
                 ));
@@ -707,16 +722,16 @@ impl Session {
         if !shared.is_empty() {
             body.insert("shared".into(), Value::Object(shared));
         }
-        self.puback(m.packet_id, PubackReasonCode::Success).await?;
+        self.puback(m.packet_id, PubackReasonCode::Success)?;
         let payload = Value::Object(body).to_string().into_bytes();
-        self.send(&Topic::AttributesResponse { id }, payload).await
+        self.send(&Topic::AttributesResponse { id }, payload)
     }
 
-    async fn rpc(&mut self, m: &Incoming<'_>, id: u32) -> Result<(), End> {
+    fn rpc(&mut self, m: &Incoming<'_>, id: u32) -> Result<(), End> {
         let Ok(call) = serde_json::from_slice::<Value>(m.payload) else {
-            return self.bad_payload(m, "RPC request").await;
+            return self.bad_payload(m, "RPC request");
         };
-        self.puback(m.packet_id, PubackReasonCode::Success).await?;
+        self.puback(m.packet_id, PubackReasonCode::Success)?;
         if call.get("method").and_then(Value::as_str) != Some("getSessionLimits") {
             // ThingsBoard hands other device RPCs to its rule engine; nothing answers here.
             return Ok(());
@@ -732,7 +747,6 @@ impl Session {
             }
         });
         self.send(&Topic::RpcResponse { id }, answer.to_string().into_bytes())
-            .await
     }
 
     /// `v2/fw|sw/request/{reqId}/chunk/{n}` with ThingsBoard's exact rules (reference §3).
@@ -746,18 +760,16 @@ impl Session {
         let requested = match parse_size(m.payload) {
             Ok(v) => v,
             Err(e) => {
-                tracing::debug!(device = %self.device.id, error = %e, "bad chunk size");
+                tracing::debug!(device = %self.device, error = %e, "bad chunk size");
                 return Err(End::Close(DisconnectReasonCode::ServerShuttingDown));
             }
         };
         let size = self.requests.effective_size(request_id.as_str(), requested);
         if size > self.config.max_chunk_size {
-            return Err(self
-                .ota_error(
-                    OtaError::PayloadTooLarge,
-                    DisconnectReasonCode::ImplementationSpecificError,
-                )
-                .await);
+            return Err(self.ota_error(
+                OtaError::PayloadTooLarge,
+                DisconnectReasonCode::ImplementationSpecificError,
+            ));
         }
         let cached = self.requests.entry(request_id.as_str()).package.clone();
         let package = if let Some(p) = cached {
@@ -767,19 +779,17 @@ impl Session {
             self.requests.entry(request_id.as_str()).package = Some(package.clone());
             package
         };
-        self.puback(m.packet_id, PubackReasonCode::Success).await?;
+        self.puback(m.packet_id, PubackReasonCode::Success)?;
         let bytes = match self.api.read_chunk(&package, u64::from(chunk), size).await {
             Ok(b) => b,
             Err(ServiceError::NoStoredData { .. }) => {
-                return Err(self
-                    .ota_error(
-                        OtaError::Failure,
-                        DisconnectReasonCode::ImplementationSpecificError,
-                    )
-                    .await);
+                return Err(self.ota_error(
+                    OtaError::Failure,
+                    DisconnectReasonCode::ImplementationSpecificError,
+                ));
             }
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "reading a chunk failed");
+                tracing::warn!(device = %self.device, error = %e, "reading a chunk failed");
                 return Err(End::Close(
                     DisconnectReasonCode::ImplementationSpecificError,
                 ));
@@ -790,7 +800,7 @@ impl Session {
             request_id,
             chunk,
         };
-        self.send(&topic, bytes.to_vec()).await
+        self.send(&topic, bytes.to_vec())
     }
 
     /// The package a new request id serves: the one assigned now.
@@ -798,18 +808,18 @@ impl Session {
         let shutdown = DisconnectReasonCode::ImplementationSpecificError;
         let device = match self.fresh_device().await {
             Ok(Some(d)) => d,
-            Ok(None) => return Err(self.ota_error(OtaError::Unknown, shutdown).await),
+            Ok(None) => return Err(self.ota_error(OtaError::Unknown, shutdown)),
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "reading the device failed");
+                tracing::warn!(device = %self.device, error = %e, "reading the device failed");
                 return Err(End::Close(shutdown));
             }
         };
         match self.api.assigned_package(&device, package_type(kind)).await {
             Ok(Some(p)) if p.has_data() => Ok(Arc::new(p)),
-            Ok(Some(_)) => Err(self.ota_error(OtaError::Failure, shutdown).await),
-            Ok(None) => Err(self.ota_error(OtaError::NotFound, shutdown).await),
+            Ok(Some(_)) => Err(self.ota_error(OtaError::Failure, shutdown)),
+            Ok(None) => Err(self.ota_error(OtaError::NotFound, shutdown)),
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "resolving the package failed");
+                tracing::warn!(device = %self.device, error = %e, "resolving the package failed");
                 Err(End::Close(shutdown))
             }
         }
@@ -817,7 +827,7 @@ impl Session {
 
     /// Pushes one assignment change (ThingsBoard order: deletions first), if the session
     /// subscribed to `v1/devices/me/attributes`.
-    async fn push(&mut self, pushes: &[AttributePush]) -> Result<(), End> {
+    fn push(&mut self, pushes: &[AttributePush]) -> Result<(), End> {
         if !self.wants_pushes() {
             return Ok(());
         }
@@ -825,8 +835,7 @@ impl Session {
             if matches!(p, AttributePush::Deleted(keys) if keys.is_empty()) {
                 continue;
             }
-            self.send(&Topic::Attributes, p.to_json().to_string().into_bytes())
-                .await?;
+            self.send(&Topic::Attributes, p.to_json().to_string().into_bytes())?;
         }
         Ok(())
     }
@@ -843,15 +852,12 @@ impl Session {
         };
         match all {
             Ok(all) if all.is_empty() => Ok(()),
-            Ok(all) => {
-                self.send(
-                    &Topic::Attributes,
-                    Value::Object(all).to_string().into_bytes(),
-                )
-                .await
-            }
+            Ok(all) => self.send(
+                &Topic::Attributes,
+                Value::Object(all).to_string().into_bytes(),
+            ),
             Err(e) => {
-                tracing::warn!(device = %self.device.id, error = %e, "reading attributes failed");
+                tracing::warn!(device = %self.device, error = %e, "reading attributes failed");
                 Ok(())
             }
         }

@@ -34,15 +34,23 @@ use crate::model::{
 
 /// Entries per map before it is cleared and refilled.
 const MAX_ENTRIES: usize = 100_000;
+/// Size below which a map is never swept for expired rows.
+const SWEEP_FLOOR: usize = 256;
 
 struct Map<K, V> {
     rows: HashMap<K, (Instant, V)>,
+    /// Size at which expired rows are dropped next: twice the live rows after the last
+    /// sweep, so sweeping costs O(1) per insert, and rows of devices that connected once
+    /// (a fleet reconnecting after a server restart) do not stay for the life of the
+    /// process.
+    sweep_at: usize,
 }
 
 impl<K: Eq + Hash, V: Clone> Map<K, V> {
     fn new() -> Self {
         Self {
             rows: HashMap::new(),
+            sweep_at: SWEEP_FLOOR,
         }
     }
 
@@ -53,7 +61,12 @@ impl<K: Eq + Hash, V: Clone> Map<K, V> {
             .map(|(_, v)| v.clone())
     }
 
-    fn put(&mut self, k: K, v: V) {
+    fn put(&mut self, k: K, v: V, ttl: Duration) {
+        if self.rows.len() >= self.sweep_at {
+            self.rows.retain(|_, (at, _)| at.elapsed() < ttl);
+            self.rows.shrink_to_fit();
+            self.sweep_at = (self.rows.len() * 2).max(SWEEP_FLOOR);
+        }
         if self.rows.len() >= MAX_ENTRIES {
             self.rows.clear();
         }
@@ -139,7 +152,7 @@ impl CachedStore {
         }
         let mut m = self.lock();
         if m.generation == generation {
-            pick(&mut m).put(k, v);
+            pick(&mut m).put(k, v, self.ttl);
         }
     }
 
