@@ -24,9 +24,27 @@ pub enum FilterError {
     Nul,
 }
 
+/// Filters the ThingsBoard device SDKs subscribe to: a session holding one of these keeps a
+/// reference to this table instead of a copy of the text (every connected device holds a few
+/// filters for as long as it stays connected).
+const COMMON: &[&str] = &[
+    "v1/devices/me/attributes",
+    "v1/devices/me/attributes/response/+",
+    "v1/devices/me/rpc/request/+",
+    "v1/devices/me/rpc/response/+",
+    "v2/fw/response/+",
+    "v2/fw/response/+/chunk/+",
+    "v2/fw/response/#",
+    "v2/fw/error",
+    "v2/sw/response/+",
+    "v2/sw/response/+/chunk/+",
+    "v2/sw/response/#",
+    "v2/sw/error",
+];
+
 /// A validated MQTT topic filter.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Filter(Box<str>);
+pub struct Filter(std::borrow::Cow<'static, str>);
 
 impl Filter {
     /// Validates a filter (MQTT §4.7: `+` and `#` fill a whole level, `#` only last).
@@ -53,7 +71,10 @@ impl Filter {
                 return Err(FilterError::MisplacedWildcard { level });
             }
         }
-        Ok(Self(text.into()))
+        Ok(Self(match COMMON.iter().find(|c| **c == text) {
+            Some(c) => std::borrow::Cow::Borrowed(c),
+            None => std::borrow::Cow::Owned(text.to_owned()),
+        }))
     }
 
     /// The filter text.

@@ -24,8 +24,20 @@ pub struct AssignmentEvent {
 /// Per-device broadcast channels (in-process).
 #[derive(Debug, Default)]
 pub struct Events {
-    channels: Mutex<HashMap<DeviceId, broadcast::Sender<AssignmentEvent>>>,
+    channels: Mutex<Channels>,
 }
+
+#[derive(Debug, Default)]
+struct Channels {
+    by_device: HashMap<DeviceId, broadcast::Sender<AssignmentEvent>>,
+    /// Size at which channels nobody listens to any more are dropped: twice the channels
+    /// in use after the last sweep (at least [`SWEEP_FLOOR`]), so a fleet whose devices
+    /// come and go does not keep a channel for every device that ever connected.
+    sweep_at: usize,
+}
+
+/// Channels kept before the first sweep.
+const SWEEP_FLOOR: usize = 1024;
 
 /// Events a device's channel holds for a slow session. A session that falls further behind
 /// sees `Lagged` and pushes the current attributes instead; one assignment change sends at
@@ -39,7 +51,13 @@ impl Events {
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(device)
+        if map.by_device.len() >= map.sweep_at.max(SWEEP_FLOOR) {
+            map.by_device.retain(|_, tx| tx.receiver_count() > 0);
+            map.by_device.shrink_to_fit();
+            map.sweep_at = map.by_device.len() * 2;
+        }
+        map.by_device
+            .entry(device)
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
             .subscribe()
     }
@@ -50,7 +68,7 @@ impl Events {
             .channels
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(tx) = map.get(&event.device_id) else {
+        let Some(tx) = map.by_device.get(&event.device_id) else {
             return 0;
         };
         let id = event.device_id;
@@ -58,7 +76,7 @@ impl Events {
             n
         } else {
             // Every receiver is gone: drop the channel.
-            map.remove(&id);
+            map.by_device.remove(&id);
             0
         }
     }
@@ -105,3 +123,33 @@ pub enum CatalogEvent {
 
 /// Capacity of the catalogue channel; a slower consumer sees `Lagged` and resynchronises.
 pub(crate) const CATALOG_CAPACITY: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PackageType;
+
+    fn event(device_id: DeviceId) -> AssignmentEvent {
+        AssignmentEvent {
+            device_id,
+            package_type: PackageType::Firmware,
+            pushes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn channels_of_gone_sessions_are_dropped_and_live_ones_kept() {
+        let events = Events::default();
+        let kept = DeviceId::new_random();
+        let mut rx = events.subscribe(kept);
+        // Sessions that connect once and leave.
+        for _ in 0..10 * SWEEP_FLOOR {
+            drop(events.subscribe(DeviceId::new_random()));
+        }
+        let left = events.channels.lock().expect("lock").by_device.len();
+        assert!(left <= 2 * SWEEP_FLOOR, "{left} channels kept");
+        // The live session still gets its events.
+        assert_eq!(events.publish(event(kept)), 1);
+        assert_eq!(rx.try_recv().expect("event").device_id, kept);
+    }
+}

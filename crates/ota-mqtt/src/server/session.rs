@@ -76,8 +76,10 @@ const fn package_type(kind: Kind) -> PackageType {
 /// the SHA-256 fingerprint of the verified client certificate, if the client presented one.
 ///
 /// Every idle connection keeps this future's state for as long as it stays connected, so it
-/// is kept small: the protocol state lives in one allocation of its own, and the handshake, the packet handling and the close run in boxed
-/// futures that exist only while they run.
+/// is kept small: the protocol state lives in an allocation of its own, and the handshake,
+/// the packet handling and the close run in boxed futures that exist only while they run
+/// (an async function's arguments stay in its state for its whole life, so the handshake's
+/// are handed to a boxed future here rather than to [`serve`]).
 pub(super) fn run(
     wire: Wire,
     peer: SocketAddr,
@@ -86,30 +88,33 @@ pub(super) fn run(
     config: Arc<MqttConfig>,
 ) -> impl Future<Output = ()> + Send {
     let link = Box::new(Link::new(wire, config.max_packet_size, config.max_inflight));
-    serve_link(link, peer, certificate, api, config)
+    let hello = Box::pin(greet(link, peer, certificate, api.clone(), config.clone()));
+    serve(hello, api, config)
 }
 
-/// [`run`] with the link on the heap: an async function's arguments stay in its state
-/// beside the locals they are moved into, so a large one is passed boxed.
-async fn serve_link(
+/// The handshake over an owned link, which it hands back.
+async fn greet(
     mut link: Box<Link>,
     peer: SocketAddr,
     certificate: Option<String>,
     api: Arc<dyn DeviceApi>,
     config: Arc<MqttConfig>,
+) -> (Box<Link>, Result<(String, DeviceId, bool), End>) {
+    let r = handshake(&mut link, peer, certificate, api.as_ref(), &config).await;
+    (link, r)
+}
+
+/// The session after `hello`, then the close.
+async fn serve(
+    hello: impl Future<Output = (Box<Link>, Result<(String, DeviceId, bool), End>)>,
+    api: Arc<dyn DeviceApi>,
+    config: Arc<MqttConfig>,
 ) {
-    let end = match Box::pin(handshake(
-        &mut link,
-        peer,
-        certificate,
-        api.as_ref(),
-        &config,
-    ))
-    .await
-    {
+    let (mut link, hello) = hello.await;
+    let end = match hello {
         Ok((token, device, v5)) => {
-            let events = api.subscribe(device);
             let mut s = Session {
+                events: api.subscribe(device),
                 link: &mut link,
                 api,
                 requests: RequestTable::new(config.max_request_ids),
@@ -121,7 +126,7 @@ async fn serve_link(
                 inflight: 0,
                 resync: false,
             };
-            s.run(events).await
+            s.run().await
         }
         Err(end) => Err(end),
     };
@@ -250,6 +255,8 @@ struct Session<'a> {
     inflight: u16,
     /// Assignment events were missed: push the current attributes.
     resync: bool,
+    /// The device's assignment events.
+    events: broadcast::Receiver<ota_server::events::AssignmentEvent>,
 }
 
 /// What a received PUBLISH carries.
@@ -261,22 +268,23 @@ struct Incoming<'a> {
 }
 
 impl Session<'_> {
-    async fn run(
-        &mut self,
-        mut events: broadcast::Receiver<ota_server::events::AssignmentEvent>,
-    ) -> Result<(), End> {
+    async fn run(&mut self) -> Result<(), End> {
         loop {
             // Boxed: handling packets awaits the service and the socket, and those futures
             // would otherwise sit inline in every idle session's state.
             if !Box::pin(self.drain()).await? {
                 return Ok(());
             }
-            match self.link.fill_or(events.recv()).await {
+            let woke = {
+                let event = std::pin::pin!(self.events.recv());
+                self.link.fill_or(event).await
+            };
+            match woke {
                 Woke::Link(r) => r?,
                 Woke::Other(Ok(e)) => self.push(&e.pushes)?,
                 Woke::Other(Err(broadcast::error::RecvError::Lagged(_))) => self.resync = true,
                 Woke::Other(Err(broadcast::error::RecvError::Closed)) => {
-                    events = self.api.subscribe(self.device);
+                    self.events = self.api.subscribe(self.device);
                 }
             }
         }

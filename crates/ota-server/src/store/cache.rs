@@ -333,3 +333,31 @@ impl Store for CachedStore {
         self.inner.client_attributes(device, keys).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_rows_are_swept_as_the_map_grows() {
+        let ttl = Duration::from_millis(20);
+        let mut m = Map::new();
+        for k in 0..SWEEP_FLOOR {
+            m.put(k, k, ttl);
+        }
+        std::thread::sleep(ttl * 2);
+        // The next insert past the sweep size drops every expired row.
+        m.put(SWEEP_FLOOR, SWEEP_FLOOR, ttl);
+        assert_eq!(m.rows.len(), 1);
+        assert_eq!(m.get(&SWEEP_FLOOR, ttl), Some(SWEEP_FLOOR));
+        assert_eq!(m.get(&0, ttl), None);
+        // Rows within their TTL survive a sweep.
+        let long = Duration::from_hours(1);
+        let mut m = Map::new();
+        for k in 0..=SWEEP_FLOOR {
+            m.put(k, k, long);
+        }
+        assert_eq!(m.rows.len(), SWEEP_FLOOR + 1);
+        assert_eq!(m.get(&0, long), Some(0));
+    }
+}
