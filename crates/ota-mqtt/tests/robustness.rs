@@ -1,7 +1,8 @@
 //! One connection's state and misbehaviour, over real sockets: the chunk size remembered
 //! per request id, `PAYLOAD_TOO_LARGE` then DISCONNECT 0x83 without PUBACK, malformed and
-//! oversized packets, a silent socket, a client that never acknowledges — each closes that
-//! connection only, while a well-behaved device on the same server keeps being served.
+//! oversized packets, a silent socket, a client that never acknowledges, a packet before
+//! CONNECT, a device whose keep-alive runs out — each closes that connection only, while a
+//! well-behaved device on the same server keeps being served.
 
 mod common;
 
@@ -108,6 +109,25 @@ async fn closed(sock: &mut TcpStream) -> bool {
     }
 }
 
+/// A raw TCP connection to the server, nothing sent yet.
+async fn raw_socket(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect")
+}
+
+/// A raw QoS 0 PUBLISH (short topic and payload).
+fn raw_publish(topic: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![
+        0x30,
+        u8::try_from(2 + topic.len() + payload.len()).expect("short"),
+    ];
+    p.extend_from_slice(&u16::try_from(topic.len()).expect("short").to_be_bytes());
+    p.extend_from_slice(topic);
+    p.extend_from_slice(payload);
+    p
+}
+
 /// A raw MQTT 3.1.1 CONNECT with `TOKEN` as user name and an empty client id.
 fn raw_connect() -> Vec<u8> {
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b1000_0010, 0, 60, 0, 0];
@@ -189,16 +209,12 @@ fn misbehaving_connections_are_closed_and_others_served() {
         let good = device(port, true).await;
 
         // Garbage instead of CONNECT.
-        let mut bad = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut bad = raw_socket(port).await;
         bad.write_all(&[0xff; 16]).await.expect("write");
         assert!(closed(&mut bad).await, "garbage");
 
         // CONNECT, then a PUBLISH announcing 200 MB: refused from its header.
-        let mut bad = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut bad = raw_socket(port).await;
         bad.write_all(&raw_connect()).await.expect("write");
         bad.write_all(&[0x30, 0x80, 0x80, 0x80, 0x60])
             .await
@@ -207,29 +223,19 @@ fn misbehaving_connections_are_closed_and_others_served() {
 
         // CONNECT, then a reserved packet type: mqtt-protocol-core logs and skips it (the
         // connection stays open); it must not disturb anyone else.
-        let mut odd = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut odd = raw_socket(port).await;
         odd.write_all(&raw_connect()).await.expect("write");
         odd.write_all(&[0x00, 0x00]).await.expect("write");
 
         // A wrong chunk size text (ThingsBoard's parseInt throws and the connection closes).
-        let mut bad = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut bad = raw_socket(port).await;
         bad.write_all(&raw_connect()).await.expect("write");
-        let topic = b"v2/fw/request/1/chunk/0";
-        let mut publish = vec![0x30, u8::try_from(2 + topic.len() + 5).expect("short"), 0];
-        publish.push(u8::try_from(topic.len()).expect("short"));
-        publish.extend_from_slice(topic);
-        publish.extend_from_slice(b"\"4\"\n\n");
+        let publish = raw_publish(b"v2/fw/request/1/chunk/0", b"\"4\"\n\n");
         bad.write_all(&publish).await.expect("write");
         assert!(closed(&mut bad).await, "non-numeric size");
 
         // Connected socket that never sends CONNECT.
-        let mut silent = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut silent = raw_socket(port).await;
         assert!(closed(&mut silent).await, "silent");
 
         // A device that requests chunks and never acknowledges them is cut off at the
@@ -366,9 +372,7 @@ fn keep_alive_is_answered_and_enforced() {
     let s = Server::start(IMAGE);
     let port = s.addr.port();
     s.block_on(async {
-        let mut sock = TcpStream::connect(("127.0.0.1", port))
-            .await
-            .expect("connect");
+        let mut sock = raw_socket(port).await;
         let mut connect = raw_connect();
         // Keep-alive 1 s (bytes 9–10 of the CONNECT: after the fixed header, the protocol
         // name, level and flags).
@@ -394,5 +398,22 @@ fn keep_alive_is_answered_and_enforced() {
             waited >= Duration::from_millis(1400) && waited < Duration::from_secs(5),
             "closed after {waited:?}, expected about 1.5 s"
         );
+    });
+}
+
+/// A packet other than CONNECT first is a protocol error: the connection closes at once, not
+/// after the connect timeout (10 s by default).
+#[test]
+fn publish_before_connect_closes_at_once() {
+    let s = Server::start(IMAGE);
+    let port = s.addr.port();
+    s.block_on(async {
+        let mut sock = raw_socket(port).await;
+        let publish = raw_publish(b"v1/devices/me/telemetry", b"{}");
+        let sent = std::time::Instant::now();
+        sock.write_all(&publish).await.expect("write");
+        assert!(closed(&mut sock).await, "closed");
+        let waited = sent.elapsed();
+        assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
     });
 }
