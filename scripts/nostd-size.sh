@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../nostd-check"
 cargo build --release --locked
-lib=$PWD/target/release/libnostd_check.a
+# The library is where cargo put it: under CARGO_TARGET_DIR when set (relative to here).
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" = /* ]] || target="$PWD/$target"
+lib="$target/release/libnostd_check.a"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && ar x "$lib" $(ar t "$lib" | grep '^nostd_check'))

@@ -66,7 +66,7 @@ enum Command {
     /// `--sming`, a Sming `ota.key` with `verify.key.bin` and `decrypt.key.bin`.
     #[command(after_help = exit::TABLE)]
     Keygen {
-        /// Directory to write the key files into.
+        /// Directory to write the key files into (created if missing).
         #[arg(long, short, default_value = ".")]
         out_dir: PathBuf,
         /// Write a Sming `ota.key` instead.

@@ -99,6 +99,8 @@ fn key_err(path: &Path) -> impl FnOnce() -> String + '_ {
 
 /// `ota keygen` (native): root + signing key pairs, a payload key, and the root-signed key set.
 pub fn keygen(dir: &Path, force: bool) -> Result<serde_json::Value> {
+    std::fs::create_dir_all(dir)
+        .or_fail(Class::Io, || format!("cannot create {}", dir.display()))?;
     let rng = |e: getrandom::Error| {
         Failure::new(
             Class::Internal,

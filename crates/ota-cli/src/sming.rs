@@ -25,6 +25,8 @@ pub fn load_key(path: &Path) -> Result<SmingKey> {
 
 /// `ota keygen --sming`: `ota.key` plus the two binaries Sming links into firmware.
 pub fn keygen(dir: &Path, force: bool) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .or_fail(Class::Io, || format!("cannot create {}", dir.display()))?;
     let mut bytes = [0u8; 64];
     getrandom::fill(&mut bytes).or_fail(Class::Internal, || "OS random generator failed".into())?;
     let key = SmingKey::from_bytes(&bytes);

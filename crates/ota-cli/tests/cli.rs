@@ -230,6 +230,18 @@ fn sming_failures_have_documented_exit_codes() {
 }
 
 #[test]
+fn keygen_creates_a_missing_output_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let keys = ok(dir, &["keygen", "-o", "new/keys"]);
+    assert_eq!(keys["files"].as_array().unwrap().len(), 6);
+    assert!(dir.join("new/keys/signing.key").is_file());
+    let sming = ok(dir, &["keygen", "--sming", "-o", "sming/keys"]);
+    assert_eq!(sming["files"].as_array().unwrap().len(), 3);
+    assert!(dir.join("sming/keys/ota.key").is_file());
+}
+
+#[test]
 fn native_round_trip_and_tamper() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

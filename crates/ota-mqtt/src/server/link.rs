@@ -92,12 +92,24 @@ fn read_now(s: &TcpStream, conn: &mut Connection) -> io::Result<Option<Vec<Event
 }
 
 /// Feeds `bytes` to `conn` packet by packet (the core takes one packet per call; a partial
-/// packet stays in its builder until the next read).
+/// packet stays in its builder until the next read). Stops at the first error: the rest of
+/// the bytes would only be parsed to be thrown away with the connection.
 fn feed(conn: &mut Connection, bytes: &[u8]) -> Vec<Event> {
     let mut cursor = mqtt::common::Cursor::new(bytes);
     let mut events = Vec::new();
-    while usize::try_from(cursor.position()).is_ok_and(|p| p < bytes.len()) {
-        events.extend(conn.recv(&mut cursor));
+    loop {
+        let before = cursor.position();
+        if usize::try_from(before).map_or(true, |p| p >= bytes.len()) {
+            break;
+        }
+        let new = conn.recv(&mut cursor);
+        let failed = new
+            .iter()
+            .any(|e| matches!(e, Event::RequestClose | Event::NotifyError(_)));
+        events.extend(new);
+        if failed || cursor.position() == before {
+            break;
+        }
     }
     events
 }
@@ -304,6 +316,10 @@ impl Link {
         if let Wire::Tcp(s) = &self.wire {
             while written < out.len() {
                 match s.try_write(&out[written..]) {
+                    Ok(0) => {
+                        self.broken = true;
+                        return Err(Closed);
+                    }
                     Ok(n) => written += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {
