@@ -14,10 +14,12 @@
 //! [`serve_tls`] serves the same endpoint over TLS (rustls), optionally verifying client
 //! certificates against a CA; see [`TlsConfig`] for how a certificate identifies a device.
 
+mod fuzz;
 mod link;
 mod session;
 mod tls;
 
+pub use fuzz::fuzz_check;
 pub use tls::{ClientAuth, TlsConfig, TlsError, certificate_fingerprint};
 
 use std::net::SocketAddr;

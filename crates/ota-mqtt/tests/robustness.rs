@@ -417,3 +417,45 @@ fn publish_before_connect_closes_at_once() {
         assert!(waited < Duration::from_secs(5), "closed after {waited:?}");
     });
 }
+
+/// A 3.1.1 device pipelining 150 QoS 1 publishes in one write: more than the receive maximum
+/// (100) arrive before any PUBACK could have left, yet each is acknowledged in order, since
+/// the endpoint answers the packets of one read in batches before parsing the next ones.
+#[test]
+fn pipelined_qos1_publishes_beyond_the_receive_maximum_are_all_acknowledged() {
+    let s = Server::start(IMAGE);
+    let port = s.addr.port();
+    s.block_on(async {
+        let mut sock = raw_socket(port).await;
+        let mut stream = raw_connect();
+        let topic = b"v1/devices/me/telemetry";
+        for id in 1..=150u16 {
+            let payload = br#"{"n":1}"#;
+            let mut p = vec![
+                0x32,
+                u8::try_from(2 + topic.len() + 2 + payload.len()).expect("short"),
+            ];
+            p.extend_from_slice(&u16::try_from(topic.len()).expect("short").to_be_bytes());
+            p.extend_from_slice(topic);
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(payload);
+            stream.extend(p);
+        }
+        sock.write_all(&stream).await.expect("write");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(DEADLINE, sock.read_exact(&mut connack))
+            .await
+            .expect("CONNACK within the deadline")
+            .expect("read");
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "accepted");
+        for id in 1..=150u16 {
+            let mut puback = [0u8; 4];
+            tokio::time::timeout(DEADLINE, sock.read_exact(&mut puback))
+                .await
+                .expect("PUBACK within the deadline")
+                .unwrap_or_else(|e| panic!("PUBACK {id}: {e}"));
+            let [hi, lo] = id.to_be_bytes();
+            assert_eq!(puback, [0x40, 0x02, hi, lo], "PUBACK {id}");
+        }
+    });
+}

@@ -38,6 +38,11 @@ const READ_SIZE: usize = 4096;
 const TLS_READ_SIZE: usize = 1024;
 /// Queued output written before the next packet is handled.
 const FLUSH_AT: usize = 64 * 1024;
+/// Packets parsed from a read before the session handles them.
+const FEED_PACKETS: usize = 16;
+/// How long a write may make no progress (a peer that stops reading) before the
+/// connection is given up.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// What ended a wait in [`Link::fill_or`].
 pub(super) enum Woke<T> {
@@ -62,14 +67,26 @@ impl Wire {
         Self::Tls(Box::new(stream), vec![0; TLS_READ_SIZE].into_boxed_slice())
     }
 
-    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Tcp(s) => s.write_all(bytes).await,
-            Self::Tls(s, _) => {
-                s.write_all(bytes).await?;
-                s.flush().await
+    /// Writes all of `bytes`, failing when a write makes no progress for [`WRITE_STALL`].
+    async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let stalled = || io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading");
+        while !bytes.is_empty() {
+            let n = match self {
+                Self::Tcp(s) => tokio::time::timeout(WRITE_STALL, s.write(bytes)).await,
+                Self::Tls(s, _) => tokio::time::timeout(WRITE_STALL, s.write(bytes)).await,
             }
+            .map_err(|_| stalled())??;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = bytes.get(n..).unwrap_or_default();
         }
+        if let Self::Tls(s, _) = self {
+            tokio::time::timeout(WRITE_STALL, s.flush())
+                .await
+                .map_err(|_| stalled())??;
+        }
+        Ok(())
     }
 
     async fn shutdown(&mut self) {
@@ -83,35 +100,74 @@ impl Wire {
     }
 }
 
-/// One non-blocking read into a stack buffer, fed to `conn` before returning, so the buffer
-/// never lives in the waiting session's state.
-fn read_now(s: &TcpStream, conn: &mut Connection) -> io::Result<Option<Vec<Event>>> {
+/// One non-blocking read into a stack buffer, fed to `conn` before returning (bytes beyond
+/// one batch of packets are copied to `rest`), so the buffer never lives in the waiting
+/// session's state.
+fn read_now(
+    s: &TcpStream,
+    conn: &mut Connection,
+    rest: &mut Vec<u8>,
+) -> io::Result<Option<Vec<Event>>> {
     let mut buf = [0u8; READ_SIZE];
     let n = s.try_read(&mut buf)?;
-    Ok((n > 0).then(|| feed(conn, &buf[..n])))
+    Ok((n > 0).then(|| feed_keeping_rest(conn, &buf[..n], rest)))
+}
+
+/// [`feed`] one batch of `bytes`; what it did not take goes to the end of `rest`.
+fn feed_keeping_rest(conn: &mut Connection, bytes: &[u8], rest: &mut Vec<u8>) -> Vec<Event> {
+    let (events, used) = feed(conn, bytes);
+    if let Some(left) = bytes.get(used..)
+        && !left.is_empty()
+    {
+        rest.extend_from_slice(left);
+    }
+    events
 }
 
 /// Feeds `bytes` to `conn` packet by packet (the core takes one packet per call; a partial
-/// packet stays in its builder until the next read). Stops at the first error: the rest of
-/// the bytes would only be parsed to be thrown away with the connection.
-fn feed(conn: &mut Connection, bytes: &[u8]) -> Vec<Event> {
+/// packet stays in its builder until the next read), up to [`FEED_PACKETS`] packets: the
+/// session answers those (PUBACKs included) before the next ones are parsed, so a device
+/// pipelining many QoS 1 publishes in one read is held to the receive maximum as if they
+/// had come one by one. Stops at the first error: the rest would only be parsed to be thrown
+/// away with the connection. Returns the events and how many bytes were taken.
+pub(super) fn feed(conn: &mut Connection, bytes: &[u8]) -> (Vec<Event>, usize) {
     let mut cursor = mqtt::common::Cursor::new(bytes);
     let mut events = Vec::new();
+    let mut packets = 0;
     loop {
         let before = cursor.position();
-        if usize::try_from(before).map_or(true, |p| p >= bytes.len()) {
+        if usize::try_from(before).map_or(true, |p| p >= bytes.len()) || packets >= FEED_PACKETS {
             break;
         }
         let new = conn.recv(&mut cursor);
         let failed = new
             .iter()
             .any(|e| matches!(e, Event::RequestClose | Event::NotifyError(_)));
+        packets += new
+            .iter()
+            .filter(|e| matches!(e, Event::NotifyPacketReceived(_)))
+            .count();
         events.extend(new);
         if failed || cursor.position() == before {
             break;
         }
     }
-    events
+    let used = usize::try_from(cursor.position()).map_or(bytes.len(), |p| p.min(bytes.len()));
+    (events, used)
+}
+
+/// A server-side protocol state accepting packets up to `max_packet_size` bytes and up to
+/// `max_inflight` unacknowledged QoS 1 publishes from the device, version chosen by its
+/// CONNECT. The core answers PINGREQ itself; PUBACKs are the session's (they carry its
+/// reason codes).
+pub(super) fn new_connection(max_packet_size: u32, max_inflight: u16) -> Connection {
+    let options = ConnectionOptions::new()
+        .maximum_packet_size_recv(max_packet_size)
+        .receive_maximum(max_inflight);
+    let mut conn = Connection::with_options(mqtt::Version::Undetermined, options);
+    conn.set_auto_pub_response(false);
+    conn.set_auto_ping_response(true);
+    conn
 }
 
 /// The connection is over: the peer closed it, the socket failed, or the protocol core
@@ -128,6 +184,8 @@ pub(super) struct Link {
     out: Vec<u8>,
     /// Events of the last read not yet handled.
     pending: Option<std::vec::IntoIter<Event>>,
+    /// Bytes read but not yet parsed (beyond one batch of packets); empty while waiting.
+    rest: Vec<u8>,
     /// When the device's keep-alive runs out (1.5 × its keep-alive after its last packet).
     keep_alive: Option<Instant>,
     /// The core asked to close: write what is queued, then close.
@@ -137,21 +195,14 @@ pub(super) struct Link {
 }
 
 impl Link {
-    /// A link over `wire`, accepting packets up to `max_packet_size` bytes and up to
-    /// `max_inflight` unacknowledged QoS 1 publishes from the device. The core answers
-    /// PINGREQ itself; PUBACKs are the session's (they carry its reason codes).
+    /// A link over `wire` with a fresh protocol state (see [`new_connection`]).
     pub(super) fn new(wire: Wire, max_packet_size: u32, max_inflight: u16) -> Self {
-        let options = ConnectionOptions::new()
-            .maximum_packet_size_recv(max_packet_size)
-            .receive_maximum(max_inflight);
-        let mut conn = Connection::with_options(mqtt::Version::Undetermined, options);
-        conn.set_auto_pub_response(false);
-        conn.set_auto_ping_response(true);
         Self {
             wire,
-            conn,
+            conn: new_connection(max_packet_size, max_inflight),
             out: Vec::new(),
             pending: None,
+            rest: Vec::new(),
             keep_alive: None,
             closing: false,
             broken: false,
@@ -169,13 +220,20 @@ impl Link {
         if self.closing || self.broken {
             return Err(Closed);
         }
-        while let Some(event) = self.pending.as_mut().and_then(Iterator::next) {
-            if let Some(packet) = self.apply(event)? {
-                return Ok(Some(packet));
+        loop {
+            while let Some(event) = self.pending.as_mut().and_then(Iterator::next) {
+                if let Some(packet) = self.apply(event)? {
+                    return Ok(Some(packet));
+                }
             }
+            self.pending = None;
+            if self.rest.is_empty() {
+                return Ok(None);
+            }
+            let rest = std::mem::take(&mut self.rest);
+            let events = feed_keeping_rest(&mut self.conn, &rest, &mut self.rest);
+            self.pending = Some(events.into_iter());
         }
-        self.pending = None;
-        Ok(None)
     }
 
     /// Waits for the next bytes, the keep-alive deadline or `other`, whichever comes first.
@@ -187,6 +245,11 @@ impl Link {
         let mut sleep = std::pin::pin!(self.keep_alive.map(tokio::time::sleep_until));
         let mut other = std::pin::pin!(other);
         std::future::poll_fn(|cx| {
+            // Bytes first: a packet that arrived while the session was busy counts for the
+            // keep-alive even if the deadline has passed since.
+            if let Poll::Ready(r) = self.poll_read(cx) {
+                return Poll::Ready(Woke::Link(r));
+            }
             if let Some(deadline) = sleep.as_mut().as_pin_mut()
                 && deadline.poll(cx).is_ready()
             {
@@ -194,9 +257,6 @@ impl Link {
                 let events = self.conn.notify_timer_fired(TimerKind::PingreqRecv);
                 self.pending = Some(events.into_iter());
                 return Poll::Ready(Woke::Link(Ok(())));
-            }
-            if let Poll::Ready(r) = self.poll_read(cx) {
-                return Poll::Ready(Woke::Link(r));
             }
             other.as_mut().poll(cx).map(Woke::Other)
         })
@@ -212,7 +272,7 @@ impl Link {
                     Poll::Ready(Err(e)) => break Err(e),
                     Poll::Ready(Ok(())) => {}
                 }
-                match read_now(s, &mut self.conn) {
+                match read_now(s, &mut self.conn, &mut self.rest) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     r => break r,
                 }
@@ -224,7 +284,8 @@ impl Link {
                     Poll::Ready(Err(e)) => Err(e),
                     Poll::Ready(Ok(())) => {
                         let bytes = filled.filled();
-                        Ok((!bytes.is_empty()).then(|| feed(&mut self.conn, bytes)))
+                        Ok((!bytes.is_empty())
+                            .then(|| feed_keeping_rest(&mut self.conn, bytes, &mut self.rest)))
                     }
                 }
             }
@@ -256,6 +317,12 @@ impl Link {
             return Err(Closed);
         }
         Ok(())
+    }
+
+    /// How many more QoS 1 publishes the device's receive maximum allows now (`None`: no
+    /// limit announced).
+    pub(super) fn send_vacancy(&self) -> Option<u16> {
+        self.conn.get_receive_maximum_vacancy_for_send()
     }
 
     /// A packet id for a QoS 1 publish.
@@ -342,6 +409,15 @@ impl Link {
 
     /// Writes what is queued (unless the socket failed) and closes the connection.
     pub(super) async fn close(&mut self) {
+        // Packets the core queued with its own decision to close (an MQTT 5 DISCONNECT after
+        // a protocol error) may sit behind events the session never reached.
+        for event in self.pending.take().into_iter().flatten() {
+            if let Event::RequestSendPacket { packet, .. } = event {
+                for b in packet.to_buffers() {
+                    self.out.extend_from_slice(&b);
+                }
+            }
+        }
         if !self.broken && self.flush().await.is_ok() {
             self.wire.shutdown().await;
         }

@@ -491,7 +491,7 @@ impl Session<'_> {
         let packet_id = if qos == Qos::AtMostOnce {
             None
         } else {
-            if self.inflight >= self.config.max_inflight {
+            if self.inflight >= self.config.max_inflight || self.link.send_vacancy() == Some(0) {
                 tracing::debug!(device = %self.device, "MQTT device does not acknowledge; closing");
                 return Err(End::Close(DisconnectReasonCode::ReceiveMaximumExceeded));
             }
@@ -874,7 +874,7 @@ impl Session<'_> {
 
 /// The flat value objects of a telemetry payload: `{k:v}`, `{"ts":…,"values":{…}}`, or an
 /// array of either; `None` if any element is not an object.
-fn telemetry_records(body: &Value) -> Option<Vec<&Map<String, Value>>> {
+pub(super) fn telemetry_records(body: &Value) -> Option<Vec<&Map<String, Value>>> {
     fn one(v: &Value) -> Option<&Map<String, Value>> {
         let m = v.as_object()?;
         match (m.get("ts"), m.get("values")) {
