@@ -282,7 +282,11 @@ impl Session<'_> {
             match woke {
                 Woke::Link(r) => r?,
                 Woke::Other(Ok(e)) => self.push(&e.pushes)?,
-                Woke::Other(Err(broadcast::error::RecvError::Lagged(_))) => self.resync = true,
+                Woke::Other(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    // The current attributes replace every missed and queued event.
+                    self.events = self.events.resubscribe();
+                    self.resync = true;
+                }
                 Woke::Other(Err(broadcast::error::RecvError::Closed)) => {
                     self.events = self.api.subscribe(self.device);
                 }
