@@ -459,3 +459,58 @@ fn pipelined_qos1_publishes_beyond_the_receive_maximum_are_all_acknowledged() {
         }
     });
 }
+
+/// An MQTT 5 device that sends a QoS 1 telemetry publish and, in the same write, the header
+/// of a packet over the maximum size gets the core's DISCONNECT 0x95 (packet too large)
+/// before the close, even though the session had not answered the publish yet.
+#[test]
+fn oversized_packet_after_another_in_one_write_gets_disconnect_0x95() {
+    let s = Server::start(IMAGE);
+    let port = s.addr.port();
+    s.block_on(async {
+        let mut sock = raw_socket(port).await;
+        // MQTT 5 CONNECT: protocol level 5, user name flag, keep-alive 60, no properties.
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0b1000_0010, 0, 60, 0, 0, 0];
+        body.extend_from_slice(&u16::try_from(TOKEN.len()).expect("short").to_be_bytes());
+        body.extend_from_slice(TOKEN.as_bytes());
+        let mut connect = vec![0x10, u8::try_from(body.len()).expect("short")];
+        connect.extend(body);
+        sock.write_all(&connect).await.expect("write");
+        let mut head = [0u8; 2];
+        sock.read_exact(&mut head).await.expect("CONNACK");
+        assert_eq!(head[0], 0x20, "CONNACK");
+        let mut rest = vec![0u8; usize::from(head[1])];
+        sock.read_exact(&mut rest).await.expect("CONNACK body");
+        assert_eq!(rest.get(1), Some(&0), "accepted");
+
+        // QoS 1 PUBLISH (packet id 1, no properties), then a 200 MB remaining length.
+        let topic = b"v1/devices/me/telemetry";
+        let payload = b"{}";
+        let mut publish = vec![
+            0x32,
+            u8::try_from(2 + topic.len() + 2 + 1 + payload.len()).expect("short"),
+        ];
+        publish.extend_from_slice(&u16::try_from(topic.len()).expect("short").to_be_bytes());
+        publish.extend_from_slice(topic);
+        publish.extend_from_slice(&[0, 1, 0]);
+        publish.extend_from_slice(payload);
+        publish.extend_from_slice(&[0x30, 0x80, 0x80, 0x80, 0x60]);
+        sock.write_all(&publish).await.expect("write");
+
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(DEADLINE, sock.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("not closed within the deadline; got {got:02x?}"),
+            }
+        }
+        // The last packet before the close is DISCONNECT with reason 0x95.
+        let disconnect = got
+            .windows(3)
+            .rposition(|w| w[0] == 0xe0 && w[2] == 0x95)
+            .unwrap_or_else(|| panic!("no DISCONNECT 0x95 in {got:02x?}"));
+        assert_eq!(got.get(disconnect + 1), Some(&1), "{got:02x?}");
+    });
+}
