@@ -657,24 +657,8 @@ impl HttpDevice {
         S: Slot,
         C: CheckpointStore,
     {
-        let clock = Clock(std::time::Instant::now());
-        let stored = match checkpoints.load() {
-            Ok(Some(bytes)) => match Checkpoint::from_bytes(&bytes) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(error = ?e, "stored checkpoint unreadable; starting over");
-                    None
-                }
-            },
-            Ok(None) => None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                return Err(DeviceError::PowerCut(e));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint store unreadable; starting over");
-                None
-            }
-        };
+        let clock = DownloadClock::start();
+        let stored = load_checkpoint(checkpoints).map_err(DeviceError::PowerCut)?;
         let mut back = vec![0u8; self.chunk_len()];
         let mut up = Updater::new(self.config, buf, stored.as_ref())?;
         // A refused offer queues its FAILED report; the loop below sends it.
@@ -814,13 +798,47 @@ impl HttpDevice {
     }
 }
 
-/// Milliseconds since the download started: the machine's clock.
-#[derive(Clone, Copy)]
-struct Clock(std::time::Instant);
+/// Milliseconds since a download started: the clock an [`Updater`] runs on (the device
+/// clients of every transport use it).
+#[derive(Clone, Copy, Debug)]
+pub struct DownloadClock(std::time::Instant);
 
-impl Clock {
-    fn now(self) -> Instant {
+impl DownloadClock {
+    /// A clock starting now.
+    #[must_use]
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// The time since the start.
+    #[must_use]
+    pub fn now(self) -> Instant {
         Instant::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The checkpoint kept in `checkpoints`, if one is stored and readable. A store that cannot
+/// be read, or a checkpoint that does not decode, is logged and means starting over.
+///
+/// # Errors
+///
+/// An interrupted read (`io::ErrorKind::Interrupted`: power was cut while reading) is
+/// returned, so the caller can stop as the power cut would.
+pub fn load_checkpoint<C: CheckpointStore>(checkpoints: &mut C) -> io::Result<Option<Checkpoint>> {
+    match checkpoints.load() {
+        Ok(Some(bytes)) => match Checkpoint::from_bytes(&bytes) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(error = ?e, "stored checkpoint unreadable; starting over");
+                Ok(None)
+            }
+        },
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint store unreadable; starting over");
+            Ok(None)
+        }
     }
 }
 
@@ -829,7 +847,7 @@ struct Io<'a, S, C> {
     slot: &'a mut S,
     checkpoints: &'a mut C,
     back: &'a mut [u8],
-    clock: Clock,
+    clock: DownloadClock,
 }
 
 #[cfg(test)]

@@ -35,16 +35,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ota_core::UpdateError;
-use ota_core::checkpoint::Checkpoint;
 use ota_core::frame::thingsboard::JsonError;
 use ota_core::reader::ResumableReader;
 use ota_core::topic::Topic;
 use ota_core::updater::{
-    Action, Config, ConfigError, Instant, Kind, PlainReader, Progress, Report, State, Updater,
+    Action, Config, ConfigError, Kind, PlainReader, Progress, Report, State, Updater,
 };
 pub use ota_http::device::{
     CheckpointStore, MemoryCheckpoints, MemorySlot, Outcome, OwnedOffer, Slot,
 };
+use ota_http::device::{DownloadClock, load_checkpoint};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS,
 };
@@ -772,13 +772,17 @@ impl MqttDevice {
         R: ResumableReader,
         F: FnMut(&OwnedOffer) -> Result<R, UpdateError>,
     {
-        let clock = Clock(std::time::Instant::now());
+        let clock = DownloadClock::start();
         let mut active = offer.clone();
         let reader = match reader_for(&active) {
             Ok(r) => r,
             Err(e) => return Ok(self.refuse(e)),
         };
-        let stored = load_checkpoint(checkpoints);
+        // An interrupted read starts over here, as any other unreadable store does.
+        let stored = load_checkpoint(checkpoints).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "checkpoint store unreadable; starting over");
+            None
+        });
         let chunk = usize::try_from(self.config.chunk_size).unwrap_or(usize::MAX);
         let mut buf = vec![0u8; chunk.max(self.buffer_len)];
         let mut back = vec![0u8; chunk];
@@ -988,39 +992,12 @@ impl Drop for MqttDevice {
     }
 }
 
-fn load_checkpoint<C: CheckpointStore>(checkpoints: &mut C) -> Option<Checkpoint> {
-    match checkpoints.load() {
-        Ok(Some(bytes)) => match Checkpoint::from_bytes(&bytes) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = ?e, "stored checkpoint unreadable; starting over");
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "checkpoint store unreadable; starting over");
-            None
-        }
-    }
-}
-
-/// Milliseconds since the download started: the machine's clock.
-#[derive(Clone, Copy)]
-struct Clock(std::time::Instant);
-
-impl Clock {
-    fn now(self) -> Instant {
-        Instant::from_millis(u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX))
-    }
-}
-
 /// The caller's storage and scratch space during one download.
 struct Io<'a, S, C> {
     slot: &'a mut S,
     checkpoints: &'a mut C,
     back: &'a mut [u8],
-    clock: Clock,
+    clock: DownloadClock,
 }
 
 #[cfg(test)]

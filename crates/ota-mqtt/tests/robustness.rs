@@ -503,7 +503,9 @@ fn oversized_packet_after_another_in_one_write_gets_disconnect_0x95() {
             match tokio::time::timeout(DEADLINE, sock.read(&mut buf)).await {
                 Ok(Ok(0) | Err(_)) => break,
                 Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-                Err(_) => panic!("not closed within the deadline; got {got:02x?}"),
+                Err(elapsed) => {
+                    panic!("not closed within the deadline ({elapsed}); got {got:02x?}")
+                }
             }
         }
         // The last packet before the close is DISCONNECT with reason 0x95.
